@@ -1,0 +1,116 @@
+"""The ``jhnas`` command line.
+
+  jhnas score --space nb201 (--archs FILE | --sample N) --metrics a,b,... [--batch FILE.npz]
+              [--batch-size 64] [--cells 5] [--seed S] --out FILE.csv
+
+Bad input (architecture string, path, metric name) ends with a one-line error and exit code 2.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from jhnas.spaces.nb201 import ArchError
+
+
+class UsageError(Exception):
+    """An error in the user's input, reported in one line."""
+
+
+def _read_archs(path: str) -> list[str]:
+    p = Path(path)
+    if not p.is_file():
+        raise UsageError(f"--archs: no such file {path}")
+    lines = [(i, line.strip()) for i, line in enumerate(p.read_text().splitlines(), 1)]
+    archs = []
+    for i, line in lines:
+        if not line or line.startswith("#"):
+            continue
+        archs.append((i, line))
+    if not archs:
+        raise UsageError(f"--archs: {path} holds no architecture")
+    from jhnas.spaces import nb201
+
+    for i, a in archs:
+        try:
+            nb201.parse(a)
+        except ArchError as e:
+            raise UsageError(f"--archs {path}, line {i}: {e}") from None
+    return [a for _, a in archs]
+
+
+def _score(args) -> None:
+    from jhnas import data, score
+    from jhnas.metrics import METRICS
+    from jhnas.spaces import nb201
+
+    names = [m.strip() for m in args.metrics.split(",") if m.strip()]
+    unknown = [m for m in names if m not in METRICS]
+    if not names or unknown:
+        raise UsageError(f"--metrics: unknown metric(s) {', '.join(unknown) or '(none given)'}; "
+                         f"known: {', '.join(METRICS)}")
+    if args.archs:
+        archs = _read_archs(args.archs)
+    else:
+        if not 1 <= args.sample <= nb201.NUM_ARCHS:
+            raise UsageError(f"--sample must be in 1..{nb201.NUM_ARCHS}, got {args.sample}")
+        archs = nb201.sample(score.keys(args.seed)[0], args.sample)
+    if args.batch:
+        if not Path(args.batch).is_file():
+            raise UsageError(f"--batch: no such file {args.batch}")
+        batch = data.load_batch(args.batch)
+        if len(batch.y) < args.batch_size:
+            raise UsageError(f"--batch {args.batch} has {len(batch.y)} samples, fewer than "
+                             f"--batch-size {args.batch_size}")
+        batch = data.Batch(batch.x[: args.batch_size], batch.y[: args.batch_size])
+    else:
+        batch = data.default_batch(args.batch_size)
+    out = Path(args.out)
+    if not out.parent.exists():
+        raise UsageError(f"--out: folder {out.parent} does not exist")
+    if args.cells < 1:
+        raise UsageError(f"--cells must be >= 1, got {args.cells}")
+    table = score.score_archs(archs, names, batch, str(out), seed=args.seed, cells=args.cells,
+                              preset=args.preset, progress=not args.quiet)
+    print(f"{len(table.rows)} architectures in {out}", file=sys.stderr)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="jhnas", description=__doc__.splitlines()[0])
+    sub = p.add_subparsers(dest="command", required=True)
+    s = sub.add_parser("score", help="score architectures with training-free metrics")
+    s.add_argument("--space", choices=["nb201"], default="nb201")
+    g = s.add_mutually_exclusive_group(required=True)
+    g.add_argument("--archs", help="file with one NB201 arch string per line")
+    g.add_argument("--sample", type=int, help="score N architectures drawn with --seed")
+    s.add_argument("--metrics", default="ntk_trace,ntk_cond",
+                   help="comma-separated metric names (default: ntk_trace,ntk_cond)")
+    s.add_argument("--batch", help=".npz with x float32 [N,3,H,W] (normalised) and y int [N]; "
+                                   "default: the embedded CIFAR-10 images")
+    s.add_argument("--batch-size", type=int, default=64)
+    s.add_argument("--cells", type=int, default=5, help="cells per stage (NB201: 5)")
+    s.add_argument("--preset", choices=["hnas", "nb201"], default="hnas",
+                   help="cell BN/bias settings: the official HNAS code's (default) or NB201's")
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--out", required=True, help="CSV; rerunning with the same file resumes")
+    s.add_argument("--quiet", action="store_true", help="no progress bar")
+    s.set_defaults(func=_score)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        args.func(args)
+    except (UsageError, ArchError, FileNotFoundError, ValueError) as e:
+        print(f"jhnas: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("jhnas: interrupted; finished rows are saved, rerun to resume", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,249 @@
+r"""Training-free metrics with the official (zero-cost / HNAS) definitions.
+
+Every metric is a function ``metric(net, params, batch, key) -> float`` of a :class:`jhnas.net.Net`,
+its ``params``, a :class:`jhnas.data.Batch` ``(x NHWC, y)`` and a typed PRNG key, looked up by name
+in :data:`METRICS`. To compute several at once, sharing passes, use :func:`metrics_fn`:
+
+  >>> fn = metrics_fn(net, ["ntk_trace", "ntk_cond", "snip"])   # doctest: +SKIP
+  >>> fn(params, batch, key)                                    # doctest: +SKIP
+  {'ntk_trace': 12.3, 'ntk_cond': 45.6, 'snip': 7.8}
+
+Protocol (REFERENCE §2): BatchNorm as the net was built (``from_flax(..., bn="train")``: batch
+statistics), loss L = mean cross-entropy with the true labels, only Conv/Dense layers count,
+per-layer arrays summed to one scalar. With W the kernels of the Conv/Dense layers:
+
+=========== ===============================================================================
+grad_norm   sum over layers of ||dL/dW_l||_F
+snip        sum |W * dL/dW|
+grasp       sum -W * (H g), g = dL/dW held fixed, H g = d<g, dL/dW>/dW (signed)
+fisher      per output channel c of each layer output a: 0.5 mean_i (sum_spatial a dL/da)^2
+synflow     float64, BN off, |all params|, input all-ones (1, H, W, 3), R = sum logits:
+            sum |W * dR/dW| (can exceed 1e30)
+jacob_cov   J = d(sum logits)/dx per sample, C = corrcoef(J), -sum(log(l + 1e-5) + 1/(l + 1e-5))
+            over the eigenvalues l of C; NaN when a row of J is constant (output ignores input)
+naswot      binary codes c of every ReLU input, K = c c^T + (1-c)(1-c)^T, log|det K| (Mellor et
+            al.; -inf when K is singular)
+zico        batch split into ``zico_splits`` parts, per layer sum over weights of
+            mean|g| / std(g) across the parts (std > 0 only), log, summed over layers
+ntk_trace   M = sqrt(tr Theta / N), Theta the NTK of the true-label logit over Conv/Dense kernels
+            and biases, official decomposition (:mod:`jhnas.ntk`)
+ntk_cond    kappa = lambda_max / lambda_min of the same Theta, guarded
+            (:func:`jhnas.ntk.condition_number`)
+=========== ===============================================================================
+
+The metrics are deterministic given params and batch; ``key`` is accepted so every metric has
+the same signature (none of the built-in ones draws random numbers).
+"""
+from __future__ import annotations
+
+import math
+from typing import Any, Callable, Mapping, NamedTuple, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from jhnas import ntk as ntk_lib
+from jhnas.net import Net, from_apply
+
+
+class Metric(NamedTuple):
+    """A registered metric: the passes it needs and how to finish it on the host."""
+
+    passes: frozenset[str]
+    finish: Callable[[Mapping[str, Any]], float]
+    needs_taps: bool = False
+
+
+def _jacob_cov(jac: np.ndarray) -> float:
+    jac = np.asarray(jac, np.float64).reshape(jac.shape[0], -1)
+    if np.any(np.std(jac, axis=1) == 0):
+        return float("nan")
+    lam = np.clip(np.linalg.eigvalsh(np.corrcoef(jac)), 0.0, None)
+    k = 1e-5
+    return float(-np.sum(np.log(lam + k) + 1.0 / (lam + k)))
+
+
+def _logdet(k: np.ndarray) -> float:
+    sign, logdet = np.linalg.slogdet(np.asarray(k, np.float64))
+    return float(logdet) if sign != 0 else float("-inf")
+
+
+def _zico(ratio_sums: np.ndarray) -> float:
+    s = np.asarray(ratio_sums, np.float64)
+    return float(np.sum(np.log(s[s != 0])))
+
+
+METRICS: dict[str, Metric] = {
+    "grad_norm": Metric(frozenset({"loss"}), lambda r: float(r["grad_norm"])),
+    "snip": Metric(frozenset({"loss"}), lambda r: float(r["snip"])),
+    "grasp": Metric(frozenset({"grasp"}), lambda r: float(r["grasp"])),
+    "fisher": Metric(frozenset({"loss"}), lambda r: float(r["fisher"]), needs_taps=True),
+    "synflow": Metric(frozenset({"synflow"}), lambda r: float(r["synflow"])),
+    "jacob_cov": Metric(frozenset({"jacob"}), lambda r: _jacob_cov(r["jacob"])),
+    "naswot": Metric(frozenset({"naswot"}), lambda r: _logdet(r["naswot_k"]), needs_taps=True),
+    "zico": Metric(frozenset({"zico"}), lambda r: _zico(r["zico"])),
+    "ntk_trace": Metric(frozenset({"ntk"}), lambda r: ntk_lib.trace_norm(r["gram"]),
+                        needs_taps=True),
+    "ntk_cond": Metric(frozenset({"ntk"}), lambda r: ntk_lib.condition_number(r["gram"]),
+                       needs_taps=True),
+}
+
+
+def cross_entropy(logits: jax.Array, y: jax.Array) -> jax.Array:
+    """Mean cross-entropy with integer labels."""
+    return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
+
+
+def _kernels(params) -> list[jax.Array]:
+    selected, _ = ntk_lib._split(params, ntk_lib.param_mask(params, "kernels"))
+    return selected
+
+
+def _loss_grad_kernels(net: Net, params, x, y):
+    """dL/dW for the Conv/Dense kernels, as a list aligned with :func:`_kernels`."""
+    selected, merge = ntk_lib._split(params, ntk_lib.param_mask(params, "kernels"))
+    return jax.grad(lambda w: cross_entropy(net.apply(merge(w), x), y))(selected), merge
+
+
+def _device_passes(net: Net, passes: frozenset[str], zico_splits: int):
+    """The jit-able part: every needed quantity from as few forward/backward passes as possible."""
+
+    def run(params, x, y):
+        out = {}
+        kernels = _kernels(params)
+        if passes & {"loss", "grasp", "ntk", "jacob", "naswot"} and net.tapped is not None:
+            # One tapped forward pass serves the loss gradient, Fisher, the NTK, jacob_cov and
+            # NASWOT; each backward pass below reuses it.
+            selected, merge = ntk_lib._split(params, ntk_lib.param_mask(params, "kernels"))
+            specs, dy0 = net.layers(params, x)
+
+            def fwd(w, dy, xx):
+                logits, taps, relus = net.tapped(merge(w), xx, dy)
+                return logits, (taps, relus)
+
+            logits, vjp, (taps, relus) = jax.vjp(fwd, selected, dy0, x, has_aux=True)
+            n, k = logits.shape
+            if passes & {"loss", "grasp"}:
+                g_w, g_dy, _ = vjp(jax.grad(cross_entropy)(logits, y))
+                out.update(_grad_stats(kernels, g_w))
+            if "loss" in passes:
+                out["fisher"] = sum(
+                    (0.5 * jnp.mean(jnp.sum((taps.outputs[p] * g_dy[p]).reshape(n, -1, c), 1) ** 2,
+                                    0)).sum()
+                    for p, c in ((p, taps.outputs[p].shape[-1]) for p in specs))
+            if "ntk" in passes:
+                ct = ntk_lib.output_cotangents(logits, y, "label")
+                deltas = jax.vmap(lambda c: vjp(c)[1])(ct)
+                out["gram"] = ntk_lib.gram_from_taps(specs, taps.inputs, deltas)
+            if "jacob" in passes:
+                out["jacob"] = vjp(jnp.ones_like(logits))[2]
+            if "naswot" in passes:
+                if not relus:
+                    raise ValueError("naswot needs ReLU inputs: call jhnas.nn.relu(module, x) for "
+                                     "the network's ReLUs")
+                c = jnp.concatenate([(r > 0).reshape(n, -1).astype(jnp.float32) for r in relus], 1)
+                out["naswot_k"] = c @ c.T + (1 - c) @ (1 - c).T
+        else:
+            if passes & {"loss", "grasp"}:
+                g_w, _ = _loss_grad_kernels(net, params, x, y)
+                out.update(_grad_stats(kernels, g_w))
+            if "jacob" in passes:
+                out["jacob"] = jax.grad(lambda xx: net.apply(params, xx).sum())(x)
+        if "grasp" in passes:  # H g by forward-over-reverse, g from the loss pass
+            selected, merge = ntk_lib._split(params, ntk_lib.param_mask(params, "kernels"))
+            grad_fn = jax.grad(lambda w: cross_entropy(net.apply(merge(w), x), y))
+            _, hg = jax.jvp(grad_fn, (selected,), (list(g_w),))
+            out["grasp"] = sum((-w * h).sum() for w, h in zip(selected, hg))
+        if "zico" in passes:
+            n = x.shape[0] // zico_splits * zico_splits
+            xs = x[:n].reshape((zico_splits, -1) + x.shape[1:])
+            ys = y[:n].reshape(zico_splits, -1)
+            grads = jax.vmap(lambda xx, yy: _loss_grad_kernels(net, params, xx, yy)[0])(xs, ys)
+            ratios = []
+            for g in grads:  # (splits, *shape)
+                std, mean_abs = g.std(0), jnp.abs(g).mean(0)
+                ratios.append(jnp.where(std > 0, mean_abs / jnp.where(std > 0, std, 1.0), 0.0).sum())
+            out["zico"] = jnp.stack(ratios)
+        return out
+
+    return run
+
+
+def _grad_stats(kernels, grads):
+    return {"grad_norm": sum(jnp.sqrt((g ** 2).sum()) for g in grads),
+            "snip": sum(jnp.abs(w * g).sum() for w, g in zip(kernels, grads))}
+
+
+def _synflow_fn(net: Net, jit: bool = True):
+    """SynFlow in float64 (needs ``jax.enable_x64`` while tracing and running)."""
+
+    def run(params, x_shape_one):
+        p = jax.tree.map(lambda a: jnp.abs(a.astype(jnp.float64)), params)
+        selected, merge = ntk_lib._split(p, ntk_lib.param_mask(p, "kernels"))
+        g = jax.grad(lambda w: net.apply_nobn(merge(w), x_shape_one).sum())(selected)
+        return sum(jnp.abs(w * gw).sum() for w, gw in zip(selected, g))
+
+    return jax.jit(run) if jit else run
+
+
+def metrics_fn(f: Net | Callable, names: Sequence[str], *, zico_splits: int = 2,
+               jit: bool = True) -> Callable[[Any, Any, jax.Array], dict[str, float]]:
+    """Returns ``fn(params, batch, key) -> {name: value}`` computing ``names`` with shared passes.
+
+    The device work is one jit-compiled function (plus a float64 one for synflow), compiled on
+    the first call; spectra, log-determinants and correlations are finished on the host in
+    float64.
+    """
+    net = f if isinstance(f, Net) else from_apply(f)
+    names = list(dict.fromkeys(names))
+    unknown = [n for n in names if n not in METRICS]
+    if unknown:
+        raise ValueError(f"unknown metric(s) {', '.join(unknown)}; known: {', '.join(METRICS)}")
+    if net.tapped is None:
+        bad = [n for n in names if METRICS[n].needs_taps]
+        if bad:
+            raise ValueError(f"{', '.join(bad)} need(s) a tappable net: build it with "
+                             "jhnas.net.from_flax(module)")
+    if zico_splits < 2:
+        raise ValueError("zico needs at least 2 splits of the batch")
+    passes = frozenset().union(*(METRICS[n].passes for n in names))
+    device = _device_passes(net, passes - {"synflow"}, zico_splits)
+    device = jax.jit(device) if jit else device
+    synflow = _synflow_fn(net, jit) if "synflow" in passes else None
+
+    def fn(params, batch, key=None):
+        del key  # the built-in metrics are deterministic
+        x, y = jnp.asarray(batch.x), jnp.asarray(batch.y, jnp.int32)
+        if "zico" in passes and x.shape[0] < zico_splits:
+            raise ValueError(f"zico needs a batch of at least {zico_splits} samples")
+        res = jax.device_get(device(params, x, y)) if passes - {"synflow"} else {}
+        if synflow is not None:
+            with jax.enable_x64(True):
+                ones = jnp.ones((1,) + x.shape[1:], jnp.float64)
+                res["synflow"] = float(synflow(params, ones))
+        return {n: METRICS[n].finish(res) for n in names}
+
+    return fn
+
+
+def _single(name: str):
+    def metric(net, params, batch, key=None) -> float:
+        return metrics_fn(net, [name])(params, batch, key)[name]
+
+    metric.__name__ = name
+    metric.__doc__ = f"The ``{name}`` metric (see the module docstring for its definition)."
+    return metric
+
+
+grad_norm = _single("grad_norm")
+snip = _single("snip")
+grasp = _single("grasp")
+fisher = _single("fisher")
+synflow = _single("synflow")
+jacob_cov = _single("jacob_cov")
+naswot = _single("naswot")
+zico = _single("zico")
+ntk_trace = _single("ntk_trace")
+ntk_cond = _single("ntk_cond")

@@ -1,0 +1,297 @@
+r"""The empirical neural tangent kernel and its spectrum.
+
+For outputs :math:`f_m(\theta)`, :math:`m = 1..M`, of a network on a batch and a subset of its
+parameters :math:`\theta`, the empirical NTK is the Gram matrix of the output Jacobian,
+
+.. math:: \Theta = J J^\top, \qquad J_{m,p} = \partial f_m / \partial \theta_p, \qquad (M \times M).
+
+The outputs are chosen with ``output``: ``"label"`` the true-label logit of each sample
+(:math:`f_{y_i}(x_i)`, M = N; the NASI/HNAS metric), ``"sum"`` the sum of each sample's logits
+(M = N; TE-NAS), ``"all"`` every logit (M = N·K, rows ordered sample-major, ``i * K + k``).
+The parameters with ``params``: ``"layers"`` kernels and biases of every Conv/Dense layer (the
+official choice; BatchNorm scales/biases excluded), ``"kernels"`` kernels only, ``"all"``.
+
+Three implementations (:class:`Implementation`):
+
+* ``JACOBIAN``: rows of the exact Jacobian of the *batched* function, one reverse pass per output,
+  ``chunk_size`` at a time. With train-mode BatchNorm the samples are coupled and this is the true
+  :math:`\partial f_i / \partial\theta` of the batched network.
+* ``PER_SAMPLE``: ``vmap`` of the gradient of the single-sample function. Each sample runs alone
+  (with train-mode BatchNorm it is normalised by its own statistics).
+* ``DECOMPOSITION``: one batched forward and one backward pass of :math:`S = \sum_i f_i`; per layer
+  the input activations :math:`a_i` and output cotangents :math:`\delta_i` of every sample are
+  combined into per-sample weight gradients :math:`g_i = \sum_{s} \delta_i(s) \otimes
+  \mathrm{patch}(a_i)(s)` (bias: :math:`\sum_s \delta_i(s)`). This is exactly what the official
+  hook-based code computes; with train-mode BatchNorm it *decomposes* :math:`\partial S/\partial
+  \theta = \sum_i g_i` and is not the Jacobian of either other implementation. Needs a tappable
+  :class:`jhnas.net.Net` (from :func:`jhnas.net.from_flax`).
+
+All three agree to float32 rounding on networks without batch coupling (tested against a
+float64 ``jacrev`` oracle). Spectra are computed on the host in float64.
+
+Example::
+
+  >>> import jax, jax.numpy as jnp, flax.linen as nn
+  >>> from jhnas.net import from_flax
+  >>> net = from_flax(nn.Sequential([nn.Dense(16), nn.relu, nn.Dense(3)]))
+  >>> x, y = jnp.ones((4, 5)), jnp.array([0, 1, 2, 0])
+  >>> params = net.init(jax.random.key(0), x)
+  >>> gram = empirical_ntk_fn(net)(params, x, y)
+  >>> gram.shape
+  (4, 4)
+"""
+from __future__ import annotations
+
+import enum
+import math
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax import lax
+
+from jhnas.net import LayerSpec, Net, from_apply
+
+OUTPUTS = ("label", "sum", "all")
+PARAM_SETS = ("layers", "kernels", "all")
+
+
+class Implementation(enum.Enum):
+    JACOBIAN = "jacobian"
+    PER_SAMPLE = "per_sample"
+    DECOMPOSITION = "decomposition"
+
+
+# ----------------------------------------------------------------------------- parameter subsets
+
+def param_mask(params, which: str = "layers"):
+    """Boolean pytree: which leaves belong to the parameter set ``which`` (see module doc).
+
+    A leaf is a layer parameter if it is named ``kernel``, or named ``bias`` next to a ``kernel``.
+    """
+    if which not in PARAM_SETS:
+        raise ValueError(f"params must be one of {PARAM_SETS}, got {which!r}")
+    paths = [tuple(getattr(k, "key", getattr(k, "name", k)) for k in path)
+             for path, _ in jax.tree_util.tree_flatten_with_path(params)[0]]
+    present = set(paths)
+
+    def keep(path):
+        if which == "all":
+            return True
+        if path[-1] == "kernel":
+            return True
+        return which == "layers" and path[-1] == "bias" and path[:-1] + ("kernel",) in present
+
+    treedef = jax.tree.structure(params)
+    return treedef.unflatten([keep(p) for p in paths])
+
+
+def _split(params, mask):
+    """Selected leaves and a function merging replacements for them back into ``params``."""
+    leaves, treedef = jax.tree.flatten(params)
+    keep = treedef.flatten_up_to(mask)
+    selected = [leaf for leaf, k in zip(leaves, keep) if k]
+
+    def merge(new):
+        it = iter(new)
+        return treedef.unflatten([next(it) if k else leaf for leaf, k in zip(leaves, keep)])
+
+    return selected, merge
+
+
+def select_outputs(logits: jax.Array, y: jax.Array | None, output: str) -> jax.Array:
+    """The NTK outputs of a batch of logits (N, K): (N,) for label/sum, (N*K,) for all."""
+    if output == "label":
+        if y is None:
+            raise ValueError("output='label' needs the labels y")
+        return jnp.take_along_axis(logits, y[:, None].astype(jnp.int32), axis=1)[:, 0]
+    if output == "sum":
+        return logits.sum(-1)
+    if output == "all":
+        return logits.reshape(-1)
+    raise ValueError(f"output must be one of {OUTPUTS}, got {output!r}")
+
+
+def _gram_of_rows(rows) -> jax.Array:
+    """sum over leaves of R R^T, with every leaf reshaped to (M, -1)."""
+    return sum(r.reshape(r.shape[0], -1) @ r.reshape(r.shape[0], -1).T
+               for r in jax.tree.leaves(rows))
+
+
+# ----------------------------------------------------------------------------- implementations
+
+def _jacobian_gram(apply, params, x, y, *, output, mask, chunk_size):
+    selected, merge = _split(params, mask)
+    out, vjp = jax.vjp(lambda s: select_outputs(apply(merge(s), x), y, output), selected)
+    basis = jnp.eye(out.shape[0], dtype=out.dtype)
+    rows = lax.map(lambda e: vjp(e)[0], basis, batch_size=chunk_size)
+    return _gram_of_rows(rows)
+
+
+def _per_sample_gram(apply, params, x, y, *, output, mask, chunk_size):
+    selected, merge = _split(params, mask)
+
+    def one(xi, yi):
+        f = lambda s: select_outputs(apply(merge(s), xi[None]), None if yi is None else yi[None],
+                                     output)
+        return jax.jacrev(f)(selected)  # leaves (1 or K, *shape)
+
+    ys = y if y is not None else jnp.zeros(x.shape[0], jnp.int32)
+    rows = lax.map(lambda a: one(*a), (x, ys), batch_size=chunk_size)
+    rows = jax.tree.map(lambda r: r.reshape((-1,) + r.shape[2:]), rows)  # (N*outs, *shape)
+    return _gram_of_rows(rows)
+
+
+def per_sample_layer_grads(spec: LayerSpec, a: jax.Array, delta: jax.Array):
+    """Per-sample gradients of one layer, ``(kernel (N, D), bias (N, C_out))``.
+
+    ``a`` is the layer input (N, ..., C_in), ``delta`` the output cotangent (N, ..., C_out);
+    kernel gradients come flattened in the (group, C_in/group·window, C_out/group) order.
+    """
+    n, c_out = delta.shape[0], delta.shape[-1]
+    d = delta.reshape(n, -1, c_out)
+    bias = d.sum(1)
+    if spec.kind == "dense":
+        kernel = jnp.einsum("nsi,nso->nio", a.reshape(n, -1, a.shape[-1]), d)
+        return kernel.reshape(n, -1), bias
+    rank = a.ndim - 2
+    spatial = "HWD"[:rank] if rank <= 3 else None
+    if spatial is None:
+        raise NotImplementedError("convolutions of rank > 3 are not supported")
+    dn = ("N" + spatial + "C", spatial + "IO", "N" + spatial + "C")
+    patches = lax.conv_general_dilated_patches(
+        a, spec.kernel_size, spec.strides, spec.padding, lhs_dilation=spec.input_dilation,
+        rhs_dilation=spec.kernel_dilation, dimension_numbers=dn)  # (N, *out, C_in * window)
+    g = spec.groups
+    p = patches.reshape(n, -1, g, patches.shape[-1] // g)  # channel-major: groups are contiguous
+    kernel = jnp.einsum("nsgk,nsgo->ngko", p, d.reshape(n, -1, g, c_out // g))
+    return kernel.reshape(n, -1), bias
+
+
+def gram_from_taps(specs, inputs, deltas, *, biases: bool = True) -> jax.Array:
+    """The decomposition's Gram from one tapped pass.
+
+    ``inputs[path]`` is a layer's input (N, ...); ``deltas[path]`` its output cotangents for
+    ``outs`` output directions, (outs, N, ...). Rows are ordered sample-major (``i * outs + o``).
+    """
+    gram = 0.0
+    for path, spec in specs.items():
+        kern, bias = jax.vmap(lambda d: per_sample_layer_grads(spec, inputs[path], d))(
+            deltas[path])  # (outs, N, D), (outs, N, C)
+        rows = [kern] + ([bias] if spec.use_bias and biases else [])
+        gram = gram + _gram_of_rows([jnp.swapaxes(r, 0, 1).reshape(-1, r.shape[-1]) for r in rows])
+    return gram
+
+
+def output_cotangents(logits: jax.Array, y: jax.Array | None, output: str) -> jax.Array:
+    """Cotangents (outs, N, K) of the logits whose VJPs give the NTK outputs' gradients."""
+    n, k = logits.shape
+    if output == "all":
+        return jnp.broadcast_to(jnp.eye(k, dtype=logits.dtype)[:, None, :], (k, n, k))
+    if output == "label":
+        if y is None:
+            raise ValueError("output='label' needs the labels y")
+        return jax.nn.one_hot(y, k, dtype=logits.dtype)[None]
+    if output == "sum":
+        return jnp.ones((1, n, k), logits.dtype)
+    raise ValueError(f"output must be one of {OUTPUTS}, got {output!r}")
+
+
+def _decomposition_gram(net: Net, params, x, y, *, output, which):
+    if net.tapped is None:
+        raise ValueError("the decomposition needs a tappable net: build it with "
+                         "jhnas.net.from_flax(module); plain functions support 'jacobian' and "
+                         "'per_sample'")
+    if which == "all":
+        raise ValueError("the decomposition covers Conv/Dense layers only: params='layers' or "
+                         "'kernels'")
+    specs, dy0 = net.layers(params, x)
+    logits, vjp, (taps, _) = tapped_vjp(net, params, x, dy0)
+    deltas = jax.vmap(lambda c: vjp(c)[0])(output_cotangents(logits, y, output))
+    return gram_from_taps(specs, taps.inputs, deltas, biases=which == "layers")
+
+
+def tapped_vjp(net: Net, params, x, dy0):
+    """One tapped forward pass: ``(logits, vjp, (taps, relu_inputs))``, where ``vjp`` maps a
+    cotangent of the logits to the output cotangents of every tapped layer."""
+    def f(dy):
+        logits, taps, relus = net.tapped(params, x, dy)
+        return logits, (taps, relus)
+
+    logits, vjp, aux = jax.vjp(f, dy0, has_aux=True)
+    return logits, vjp, aux
+
+
+def empirical_ntk_fn(f: Net | Callable, *, implementation: Implementation | str = "decomposition",
+                     output: str = "label", params: str = "layers", chunk_size: int = 16
+                     ) -> Callable[[Any, jax.Array, jax.Array | None], jax.Array]:
+    """Returns ``ntk(params, x, y=None) -> Theta`` (float32, (M, M)), jit-compiled.
+
+    Args:
+      f: a :class:`jhnas.net.Net` or a plain ``apply(params, x) -> logits`` (N, K).
+      implementation: see :class:`Implementation`.
+      output: ``"label"``, ``"sum"`` or ``"all"``.
+      params: ``"layers"``, ``"kernels"`` or ``"all"``.
+      chunk_size: reverse passes (JACOBIAN) or samples (PER_SAMPLE) vectorised at once; bounds
+        memory to about ``chunk_size`` gradients.
+    """
+    impl = Implementation(implementation)
+    net = f if isinstance(f, Net) else from_apply(f)
+    if output not in OUTPUTS:
+        raise ValueError(f"output must be one of {OUTPUTS}, got {output!r}")
+    if params not in PARAM_SETS:
+        raise ValueError(f"params must be one of {PARAM_SETS}, got {params!r}")
+
+    @jax.jit
+    def ntk(p, x, y=None):
+        if impl is Implementation.DECOMPOSITION:
+            return _decomposition_gram(net, p, x, y, output=output, which=params)
+        fn = _jacobian_gram if impl is Implementation.JACOBIAN else _per_sample_gram
+        return fn(net.apply, p, x, y, output=output, mask=param_mask(p, params),
+                  chunk_size=chunk_size)
+
+    return ntk
+
+
+# ----------------------------------------------------------------------------- spectrum (host)
+
+def _checked(gram) -> np.ndarray:
+    g = np.asarray(gram, dtype=np.float64)
+    if g.ndim != 2 or g.shape[0] != g.shape[1]:
+        raise ValueError(f"NTK Gram must be square, got shape {g.shape}")
+    if not np.all(np.isfinite(g)):
+        raise FloatingPointError(f"NTK Gram has {np.size(g) - np.isfinite(g).sum()} non-finite "
+                                 "entries (the network's outputs or gradients overflowed)")
+    return (g + g.T) / 2
+
+
+def eigenvalues(gram) -> np.ndarray:
+    """Eigenvalues of the Gram in float64, ascending."""
+    return np.linalg.eigvalsh(_checked(gram))
+
+
+def trace_norm(gram) -> float:
+    """The NASI/HNAS metric M = sqrt(tr(Theta) / M_rows)."""
+    g = _checked(gram)
+    return math.sqrt(max(np.trace(g), 0.0) / g.shape[0])
+
+
+def cond_floor(n: int) -> float:
+    """Relative eigenvalue floor n * eps(float32): below it a float32 Gram's eigenvalues are
+    rounding noise. The condition number is therefore at most 1 / cond_floor(n)."""
+    return n * float(np.finfo(np.float32).eps)
+
+
+def condition_number(gram) -> float:
+    r"""kappa = lambda_max / max(lambda_min, floor * lambda_max), floor = :func:`cond_floor` (N).
+
+    Guarded, unlike the official code: a singular or indefinite (rounding) Gram gives the cap
+    1/floor (1.3e5 for N = 64) instead of a negative or huge value, and an all-zero Gram (e.g. a
+    network whose output ignores its parameters) also gives the cap. Always finite, >= 1.
+    """
+    lam = eigenvalues(gram)
+    floor = cond_floor(lam.shape[0])
+    if lam[-1] <= 0.0:
+        return 1.0 / floor
+    return float(lam[-1] / max(lam[0], floor * lam[-1]))

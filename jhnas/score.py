@@ -1,0 +1,62 @@
+"""Score many NAS-Bench-201 architectures with training-free metrics, resumably.
+
+Keys: ``root = jax.random.key(seed)``; ``sample_key, init_key = split(root)``; architecture ``A``
+is initialised with ``fold_in(init_key, nb201_index(A))``. A metric value therefore depends only
+on (seed, architecture, batch), not on the order or the company of the architectures.
+"""
+from __future__ import annotations
+
+import time
+from typing import Iterable, Sequence
+
+import jax
+import numpy as np
+from tqdm.auto import tqdm
+
+from jhnas.data import Batch
+from jhnas.metrics import METRICS, metrics_fn
+from jhnas.net import from_flax
+from jhnas.results import ResultsCSV
+from jhnas.spaces import nb201
+
+
+def keys(seed: int) -> tuple[jax.Array, jax.Array]:
+    """``(sample_key, init_key)`` of a run."""
+    k = jax.random.split(jax.random.key(seed))
+    return k[0], k[1]
+
+
+def arch_key(seed: int, arch: str) -> jax.Array:
+    """The initialisation key of one architecture: ``fold_in(init_key, nb201_index(arch))``."""
+    return jax.random.fold_in(keys(seed)[1], nb201.index_of(arch))
+
+
+def score_arch(arch: str, names: Sequence[str], batch: Batch, *, seed: int = 0, cells: int = 5,
+               channels: int = 16, num_classes: int = 10, preset: str = "hnas") -> dict[str, float]:
+    """All ``names`` for one NB201 architecture, PyTorch-default init, train-mode BatchNorm."""
+    model = nb201.NB201Net(arch, num_classes=num_classes, C=channels, N=cells, preset=preset)
+    net = from_flax(model, bn="train")
+    key = arch_key(seed, arch)
+    params = net.init(key, np.asarray(batch.x[:1]))
+    return metrics_fn(net, names)(params, batch, key)
+
+
+def score_archs(archs: Iterable[str], names: Sequence[str], batch: Batch, out: str, *,
+                seed: int = 0, cells: int = 5, preset: str = "hnas", progress: bool = True,
+                **kw) -> ResultsCSV:
+    """Scores ``archs`` into the CSV ``out`` (columns arch, *names, seconds), skipping the rows
+    already there. Canonical NB201 strings are written; a bad string fails before any work."""
+    archs = [nb201.format_arch(nb201.parse(a)) for a in archs]
+    unknown = [n for n in names if n not in METRICS]
+    if unknown:
+        raise ValueError(f"unknown metric(s) {', '.join(unknown)}; known: {', '.join(METRICS)}")
+    table = ResultsCSV(out, ["arch", *names, "seconds"])
+    todo = [a for a in dict.fromkeys(archs) if a not in table]
+    bar = tqdm(todo, desc="scoring", unit="arch", disable=not progress or None,
+               initial=len(archs) - len(todo), total=len(dict.fromkeys(archs)))
+    for arch in bar:
+        t = time.perf_counter()
+        values = score_arch(arch, names, batch, seed=seed, cells=cells, preset=preset, **kw)
+        table.append({"arch": arch, **values, "seconds": round(time.perf_counter() - t, 3)})
+        bar.set_postfix_str(f"{time.perf_counter() - t:.1f} s/arch")
+    return table

@@ -1,0 +1,172 @@
+"""The NTK implementations against a float64 brute-force oracle and against each other."""
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from jhnas import nn as jnn
+from jhnas import ntk
+from jhnas.net import from_apply, from_flax
+
+IMPLS = ["jacobian", "per_sample", "decomposition"]
+
+
+class CNN(nn.Module):
+    """Strided, grouped and dilated convolutions, with optional train-mode BatchNorm."""
+    bn: bool = False
+
+    @nn.compact
+    def __call__(self, x):
+        x = jnn.Conv(3, 6, 3, padding=1, use_bias=True)(x)
+        if self.bn:
+            x = nn.BatchNorm(use_running_average=False)(x)
+        x = jnn.relu(self, x)
+        x = jnn.Conv(6, 6, 3, strides=2, padding=1, groups=3, use_bias=True)(x)
+        x = nn.Conv(4, (2, 2), padding="SAME", kernel_dilation=2)(x)
+        x = jnn.relu(self, x)
+        return jnn.Dense(4, 3)(x.mean((1, 2)))
+
+
+class MLP(nn.Module):
+    @nn.compact
+    def __call__(self, x):
+        x = x.reshape(x.shape[0], -1)
+        x = jnp.tanh(jnn.Dense(x.shape[-1], 16)(x))
+        return jnn.Dense(16, 3)(x)
+
+
+def _data(n=5):
+    x = jax.random.normal(jax.random.key(1), (n, 7, 7, 3))
+    return x, jnp.arange(n) % 3
+
+
+def _oracle(apply, params, x, y, output, which):
+    """Gram of per-sample Jacobians (single-sample function), float64, explicit loop."""
+    with jax.enable_x64(True):
+        p64 = jax.tree.map(lambda a: jnp.asarray(a, jnp.float64), params)
+        flat = jax.tree_util.tree_flatten_with_path(p64)[0]
+        names = [tuple(k.key for k in path) for path, _ in flat]
+        keep = [n[-1] == "kernel" or (which == "layers" and n[-1] == "bias"
+                                     and n[:-1] + ("kernel",) in names) for n in names]
+        treedef = jax.tree.structure(p64)
+        rows = []
+        for i in range(x.shape[0]):
+            def f(sel):
+                it = iter(sel)
+                leaves = [next(it) if k else leaf for (_, leaf), k in zip(flat, keep)]
+                logits = apply(treedef.unflatten(leaves), jnp.asarray(x[i:i + 1], jnp.float64))
+                return {"label": logits[:, y[i]], "sum": logits.sum(-1),
+                        "all": logits.reshape(-1)}[output]
+            jac = jax.jacrev(f)([leaf for (_, leaf), k in zip(flat, keep) if k])
+            rows.append(np.concatenate([np.asarray(j).reshape(j.shape[0], -1) for j in jac], 1))
+        r = np.concatenate(rows)
+        return r @ r.T
+
+
+@pytest.mark.parametrize("model", [CNN(), MLP()], ids=["cnn", "mlp"])
+@pytest.mark.parametrize("output", ["label", "sum", "all"])
+@pytest.mark.parametrize("which", ["layers", "kernels"])
+def test_implementations_match_float64_oracle(model, output, which):
+    net = from_flax(model)
+    x, y = _data()
+    params = net.init(jax.random.key(0), x)
+    want = _oracle(net.apply, params, x, y, output, which)
+    for impl in IMPLS:
+        got = np.asarray(ntk.empirical_ntk_fn(net, implementation=impl, output=output,
+                                             params=which)(params, x, y))
+        assert got.shape == want.shape
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5 * np.abs(want).max(),
+                                   err_msg=impl)
+
+
+def test_plain_function_and_chunking():
+    net = from_flax(MLP())
+    x, y = _data(7)
+    params = net.init(jax.random.key(0), x)
+    want = _oracle(net.apply, params, x, y, "label", "layers")
+    for impl in ["jacobian", "per_sample"]:
+        for chunk in [1, 3, 16]:  # 3 does not divide 7
+            got = ntk.empirical_ntk_fn(net.apply, implementation=impl, chunk_size=chunk)(
+                params, x, y)
+            np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6 * np.abs(want).max())
+    with pytest.raises(ValueError, match="tappable"):
+        ntk.empirical_ntk_fn(from_apply(net.apply))(params, x, y)
+
+
+def test_train_mode_bn_jacobian_is_the_coupled_jacobian():
+    """With batch statistics, JACOBIAN is the exact Jacobian of the batched function."""
+    net = from_flax(CNN(bn=True))
+    x, y = _data()
+    params = net.init(jax.random.key(0), x)
+    with jax.enable_x64(True):
+        p64 = jax.tree.map(lambda a: jnp.asarray(a, jnp.float64), params)
+        jac = jax.jacrev(lambda p: net.apply(p, jnp.asarray(x, jnp.float64))[jnp.arange(5), y])(p64)
+        r = np.concatenate([np.asarray(v).reshape(5, -1) for path, v in
+                            jax.tree_util.tree_flatten_with_path(jac)[0]
+                            if "BatchNorm_0" not in str(path[0])], 1)
+    got = ntk.empirical_ntk_fn(net, implementation="jacobian")(params, x, y)
+    np.testing.assert_allclose(got, r @ r.T, rtol=1e-5, atol=1e-5 * np.abs(r @ r.T).max())
+
+
+def test_train_mode_bn_decomposition_sums_to_the_batch_gradient():
+    """The decomposition splits dS/dtheta into per-sample terms: 1^T Theta 1 = ||dS/dtheta||^2,
+    and so does the exact Jacobian; the two Grams differ otherwise (BatchNorm couples samples)."""
+    net = from_flax(CNN(bn=True))
+    x, y = _data()
+    params = net.init(jax.random.key(0), x)
+    mask = ntk.param_mask(params, "layers")
+    g = jax.grad(lambda p: net.apply(p, x)[jnp.arange(5), y].sum())(params)
+    sq = sum(float((v ** 2).sum()) for v, m in zip(jax.tree.leaves(g), jax.tree.leaves(mask)) if m)
+    dec = np.asarray(ntk.empirical_ntk_fn(net)(params, x, y), np.float64)
+    jac = np.asarray(ntk.empirical_ntk_fn(net, implementation="jacobian")(params, x, y), np.float64)
+    assert dec.sum() == pytest.approx(sq, rel=1e-4)
+    assert jac.sum() == pytest.approx(sq, rel=1e-4)
+    assert np.abs(dec - jac).max() > 1e-3 * np.abs(jac).max()
+
+
+def test_param_mask_excludes_batchnorm():
+    net = from_flax(CNN(bn=True))
+    params = net.init(jax.random.key(0), _data()[0])
+    mask = ntk.param_mask(params, "layers")
+    assert mask["BatchNorm_0"] == {"scale": False, "bias": False}
+    assert mask["Conv_0"] == {"kernel": True, "bias": True}
+    assert ntk.param_mask(params, "kernels")["Conv_0"] == {"kernel": True, "bias": False}
+    assert all(jax.tree.leaves(ntk.param_mask(params, "all")))
+    with pytest.raises(ValueError, match="params must be one of"):
+        ntk.param_mask(params, "weights")
+
+
+def test_bad_options():
+    net = from_flax(MLP())
+    x, y = _data()
+    params = net.init(jax.random.key(0), x)
+    with pytest.raises(ValueError, match="output must be one of"):
+        ntk.empirical_ntk_fn(net, output="logits")
+    with pytest.raises(ValueError):
+        ntk.empirical_ntk_fn(net, implementation="fast")
+    with pytest.raises(ValueError, match="needs the labels"):
+        ntk.empirical_ntk_fn(net, implementation="jacobian")(params, x)
+    with pytest.raises(ValueError, match="Conv/Dense layers only"):
+        ntk.empirical_ntk_fn(net, params="all")(params, x, y)
+
+
+def test_spectrum_and_guards():
+    a = np.random.default_rng(0).normal(size=(6, 40))
+    gram = a @ a.T
+    lam = np.linalg.eigvalsh(gram)
+    np.testing.assert_allclose(ntk.eigenvalues(gram), lam)
+    assert ntk.trace_norm(gram) == pytest.approx(np.sqrt(np.trace(gram) / 6))
+    assert ntk.condition_number(gram) == pytest.approx(lam[-1] / lam[0])
+    assert ntk.condition_number(np.eye(4)) == pytest.approx(1.0)
+    cap = 1 / ntk.cond_floor(6)
+    assert ntk.condition_number(np.zeros((6, 6))) == pytest.approx(cap)  # all-zero Gram
+    rank1 = np.outer(np.arange(1.0, 7.0), np.arange(1.0, 7.0))  # singular: lambda_min ~ 0
+    assert ntk.condition_number(rank1) == pytest.approx(cap)
+    assert np.isfinite(ntk.condition_number(-np.eye(6)))
+    bad = gram.copy()
+    bad[0, 1] = np.nan
+    with pytest.raises(FloatingPointError, match="non-finite"):
+        ntk.condition_number(bad)
+    with pytest.raises(ValueError, match="square"):
+        ntk.trace_norm(np.ones((2, 3)))
