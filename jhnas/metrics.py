@@ -97,13 +97,13 @@ def cross_entropy(logits: jax.Array, y: jax.Array) -> jax.Array:
 
 
 def _kernels(params) -> list[jax.Array]:
-    selected, _ = ntk_lib._split(params, ntk_lib.param_mask(params, "kernels"))
+    selected, _ = ntk_lib.split_params(params, ntk_lib.param_mask(params, "kernels"))
     return selected
 
 
 def _loss_grad_kernels(net: Net, params, x, y):
     """dL/dW for the Conv/Dense kernels, as a list aligned with :func:`_kernels`."""
-    selected, merge = ntk_lib._split(params, ntk_lib.param_mask(params, "kernels"))
+    selected, merge = ntk_lib.split_params(params, ntk_lib.param_mask(params, "kernels"))
     return jax.grad(lambda w: cross_entropy(net.apply(merge(w), x), y))(selected), merge
 
 
@@ -116,7 +116,7 @@ def _device_passes(net: Net, passes: frozenset[str], zico_splits: int):
         if passes & {"loss", "grasp", "ntk", "jacob", "naswot"} and net.tapped is not None:
             # One tapped forward pass serves the loss gradient, Fisher, the NTK, jacob_cov and
             # NASWOT; each backward pass below reuses it.
-            selected, merge = ntk_lib._split(params, ntk_lib.param_mask(params, "kernels"))
+            selected, merge = ntk_lib.split_params(params, ntk_lib.param_mask(params, "kernels"))
             specs, dy0 = net.layers(params, x)
 
             def fwd(w, dy, xx):
@@ -152,7 +152,7 @@ def _device_passes(net: Net, passes: frozenset[str], zico_splits: int):
             if "jacob" in passes:
                 out["jacob"] = jax.grad(lambda xx: net.apply(params, xx).sum())(x)
         if "grasp" in passes:  # H g by forward-over-reverse, g from the loss pass
-            selected, merge = ntk_lib._split(params, ntk_lib.param_mask(params, "kernels"))
+            selected, merge = ntk_lib.split_params(params, ntk_lib.param_mask(params, "kernels"))
             grad_fn = jax.grad(lambda w: cross_entropy(net.apply(merge(w), x), y))
             _, hg = jax.jvp(grad_fn, (selected,), (list(g_w),))
             out["grasp"] = sum((-w * h).sum() for w, h in zip(selected, hg))
@@ -181,7 +181,7 @@ def _synflow_fn(net: Net, jit: bool = True):
 
     def run(params, x_shape_one):
         p = jax.tree.map(lambda a: jnp.abs(a.astype(jnp.float64)), params)
-        selected, merge = ntk_lib._split(p, ntk_lib.param_mask(p, "kernels"))
+        selected, merge = ntk_lib.split_params(p, ntk_lib.param_mask(p, "kernels"))
         g = jax.grad(lambda w: net.apply_nobn(merge(w), x_shape_one).sum())(selected)
         return sum(jnp.abs(w * gw).sum() for w, gw in zip(selected, g))
 

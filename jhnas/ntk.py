@@ -87,8 +87,9 @@ def param_mask(params, which: str = "layers"):
     return treedef.unflatten([keep(p) for p in paths])
 
 
-def _split(params, mask):
-    """Selected leaves and a function merging replacements for them back into ``params``."""
+def split_params(params, mask):
+    """``(selected leaves, merge)``: the leaves where ``mask`` is True, and a function that puts
+    replacements for them back into ``params``."""
     leaves, treedef = jax.tree.flatten(params)
     keep = treedef.flatten_up_to(mask)
     selected = [leaf for leaf, k in zip(leaves, keep) if k]
@@ -122,7 +123,7 @@ def _gram_of_rows(rows) -> jax.Array:
 # ----------------------------------------------------------------------------- implementations
 
 def _jacobian_gram(apply, params, x, y, *, output, mask, chunk_size):
-    selected, merge = _split(params, mask)
+    selected, merge = split_params(params, mask)
     out, vjp = jax.vjp(lambda s: select_outputs(apply(merge(s), x), y, output), selected)
     basis = jnp.eye(out.shape[0], dtype=out.dtype)
     rows = lax.map(lambda e: vjp(e)[0], basis, batch_size=chunk_size)
@@ -130,7 +131,7 @@ def _jacobian_gram(apply, params, x, y, *, output, mask, chunk_size):
 
 
 def _per_sample_gram(apply, params, x, y, *, output, mask, chunk_size):
-    selected, merge = _split(params, mask)
+    selected, merge = split_params(params, mask)
 
     def one(xi, yi):
         f = lambda s: select_outputs(apply(merge(s), xi[None]), None if yi is None else yi[None],

@@ -170,3 +170,19 @@ def test_spectrum_and_guards():
         ntk.condition_number(bad)
     with pytest.raises(ValueError, match="square"):
         ntk.trace_norm(np.ones((2, 3)))
+
+
+def test_implementations_agree_on_a_bn_free_nb201_network():
+    """All ops of the space (conv 1x1/3x3, pooling, skip, none), reduction blocks, the head."""
+    from jhnas.spaces import nb201
+
+    arch = "|nor_conv_3x3~0|+|avg_pool_3x3~0|nor_conv_1x1~1|+|skip_connect~0|none~1|nor_conv_3x3~2|"
+    net = from_flax(nb201.NB201Net(arch, C=4, N=1), bn="none")
+    x = jax.random.normal(jax.random.key(2), (6, 8, 8, 3))
+    y = jnp.arange(6) % 10
+    params = net.init(jax.random.key(0), x)
+    grams = {impl: np.asarray(ntk.empirical_ntk_fn(net, implementation=impl)(params, x, y),
+                              np.float64) for impl in IMPLS}
+    scale = np.abs(grams["jacobian"]).max()
+    for impl in IMPLS[1:]:
+        np.testing.assert_allclose(grams[impl], grams["jacobian"], rtol=1e-5, atol=1e-5 * scale)
