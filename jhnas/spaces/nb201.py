@@ -1,19 +1,24 @@
 """NAS-Bench-201: architecture strings, the benchmark's index, isomorphism classes, the network.
 
-An architecture is a cell of 4 nodes; node ``i`` is the sum over ``j < i`` of ``op_{j->i}(node j)``
-and node 3 is the cell's output. Its string ``|op~0|+|op~0|op~1|+|op~0|op~1|op~2|`` lists in block
-``i`` the edges into node ``i+1``, ``op~j`` coming from node ``j``; :func:`parse` returns the six
-ops in :data:`EDGES` order.
+A cell has 4 nodes: node 0 is the cell's input, node ``i`` is :math:`\\sum_{j<i} o_{j\\to i}(x_j)`
+and node 3 is its output. Each of the 6 edges carries one of :data:`OPS`, so the space has
+:math:`5^6 = 15625` cells. The string ``|op~0|+|op~0|op~1|+|op~0|op~1|op~2|`` lists in block ``i``
+the edges into node ``i+1``, ``op~j`` coming from node ``j``; :func:`parse` returns the six ops in
+:data:`EDGES` order and :func:`format_arch` inverts it.
+
+The index (:func:`all_archs`, :func:`index_of`, :func:`arch_at`) is the benchmark's order, shipped
+in ``jhnas/_data/nb201_archs.txt.gz`` (provenance in ``jhnas/_data/PROVENANCE.md``).
 
 The network (:class:`NB201Net`) is the official PyTorch one: stem conv 3x3 + BN, three stages of
-``N`` cells at C, 2C, 4C with residual reduction blocks between them, BN + ReLU + global average
-pool + linear head. Ops are ReLU-Conv-BN (1x1, 3x3), 3x3 average pooling (padding excluded from
-the average), identity and ``none`` (multiplication by 0). Two presets set the cells' ReLU-Conv-BN:
+``N`` cells at ``C``, ``2C``, ``4C`` channels with residual reduction blocks between them, then
+BN + ReLU + global average pool + linear head. Ops are ReLU-Conv-BN (1x1, 3x3), 3x3 average
+pooling (padding excluded from the average), identity and ``none`` (multiplication by 0). Two
+presets set the cells' ReLU-Conv-BN:
 
 * ``"hnas"``: the HNAS / zero-cost-proxy code's network (the metric parity target): cell convs
-  carry a bias, cell BatchNorms have no affine scale/bias and no running statistics;
+  carry a bias, cell BatchNorms have no affine scale/bias;
 * ``"nb201"``: the benchmark's own network: no conv bias, affine BatchNorm. Its parameter count
-  equals the benchmark's.
+  is the benchmark's (every edge counts, dead ones included).
 
 Initialisation is PyTorch's default (:mod:`jhnas.nn`).
 """
@@ -21,8 +26,10 @@ from __future__ import annotations
 
 import functools
 import gzip
+import math
+import operator
 from importlib import resources
-from typing import Sequence
+from typing import Any, Sequence
 
 import flax.linen as nn
 import jax
@@ -31,132 +38,200 @@ import numpy as np
 
 from jhnas import nn as jnn
 
+#: The five candidate operations; a digit in the shipped table is an index into this tuple.
 OPS = ("none", "skip_connect", "nor_conv_1x1", "nor_conv_3x3", "avg_pool_3x3")
 #: (target node, source node) of the six edges, in the order of the string.
 EDGES = ((1, 0), (2, 0), (2, 1), (3, 0), (3, 1), (3, 2))
-NUM_ARCHS = len(OPS) ** len(EDGES)  # 15,625
+#: Number of cells in the space, ``len(OPS) ** len(EDGES)``.
+NUM_ARCHS = 15625
+#: Names accepted by :attr:`NB201Net.preset`.
 PRESETS = ("hnas", "nb201")
+
+_TABLE = "_data/nb201_archs.txt.gz"
 
 
 class ArchError(ValueError):
-    """A malformed NB201 architecture string."""
+    """A malformed NB201 architecture string (or op list)."""
 
 
 # ----------------------------------------------------------------------------- strings
 
 def parse(arch: str) -> tuple[str, ...]:
-    """The six op names of ``arch``, in :data:`EDGES` order; :class:`ArchError` names the problem."""
+    """The six op names of ``arch``, in :data:`EDGES` order.
+
+    Surrounding whitespace is ignored. Raises :class:`ArchError` naming the problem and quoting
+    the string: wrong number of ``+`` blocks, missing ``|`` delimiters, an edge that is not
+    ``op~j``, a source node that is not an integer, out of range, duplicated, missing or out of
+    order, or an unknown op (the message lists the valid ones).
+    """
     if not isinstance(arch, str):
-        raise ArchError(f"an NB201 architecture must be a string, got {type(arch).__name__}")
+        raise ArchError(f"an NB201 architecture must be a str, got {type(arch).__name__}: "
+                        f"{arch!r}")
     s = arch.strip()
     blocks = s.split("+")
     if len(blocks) != 3:
-        raise ArchError(f"{s!r}: expected 3 blocks separated by '+', found {len(blocks)}")
-    ops = []
-    for i, block in enumerate(blocks):
+        raise ArchError(f"{s!r}: expected 3 blocks separated by '+' (the edges into nodes 1, 2, "
+                        f"3), found {len(blocks)}")
+    ops: list[str] = []
+    for node, block in enumerate(blocks, start=1):
         if len(block) < 2 or block[0] != "|" or block[-1] != "|":
-            raise ArchError(f"{s!r}: block {i + 1} {block!r} must start and end with '|'")
-        tokens = block[1:-1].split("|")
-        if len(tokens) != i + 1:
-            raise ArchError(f"{s!r}: block {i + 1} must list {i + 1} edge(s) into node {i + 1}, "
-                            f"found {len(tokens)}")
-        for j, token in enumerate(tokens):
+            raise ArchError(f"{s!r}: block {node} {block!r} must start and end with '|'")
+        edges: dict[int, str] = {}  # source node -> op, in the order written
+        for token in block[1:-1].split("|"):
             op, sep, src = token.partition("~")
             if not sep:
-                raise ArchError(f"{s!r}: edge {token!r} must look like 'op~{j}'")
-            if src != str(j):
-                raise ArchError(f"{s!r}: edge {token!r} in block {i + 1} must come from node {j}")
+                raise ArchError(f"{s!r}: edge {token!r} in block {node} must look like 'op~j' "
+                                f"(op applied to node j)")
+            if not (src.isascii() and src.isdecimal() and src == str(int(src))):
+                raise ArchError(f"{s!r}: edge {token!r}: source node {src!r} is not an integer")
+            j = int(src)
+            if j >= node:
+                raise ArchError(f"{s!r}: edge {token!r} into node {node} must come from a node "
+                                f"in 0..{node - 1}, got {j}")
+            if j in edges:
+                raise ArchError(f"{s!r}: duplicated edge {j}->{node} in block {node}")
             if op not in OPS:
-                raise ArchError(f"{s!r}: unknown op {op!r}; valid ops: {', '.join(OPS)}")
-            ops.append(op)
+                raise ArchError(f"{s!r}: unknown op {op!r} in edge {token!r}; valid ops: "
+                                f"{', '.join(OPS)}")
+            edges[j] = op
+        missing = [j for j in range(node) if j not in edges]
+        if missing:
+            raise ArchError(f"{s!r}: block {node} must list {node} edge(s) into node {node}, "
+                            f"missing the edge(s) from node(s) {', '.join(map(str, missing))}")
+        if list(edges) != list(range(node)):
+            raise ArchError(f"{s!r}: block {node} must list its edges by source node "
+                            f"0..{node - 1}, got the order {', '.join(map(str, edges))}")
+        ops.extend(edges.values())
     return tuple(ops)
 
 
 def format_arch(ops: Sequence[str]) -> str:
-    """The string of six ops in :data:`EDGES` order (inverse of :func:`parse`)."""
+    """The string of six ops given in :data:`EDGES` order; ``parse(format_arch(ops)) == ops``."""
+    if isinstance(ops, str):
+        raise ArchError(f"format_arch takes a sequence of {len(EDGES)} op names, got the str "
+                        f"{ops!r} (use parse() to read a string)")
     ops = tuple(ops)
-    if len(ops) != len(EDGES) or any(op not in OPS for op in ops):
-        raise ArchError(f"expected {len(EDGES)} ops from {', '.join(OPS)}, got {ops!r}")
-    blocks = [[f"{op}~{j}" for (i, j), op in zip(EDGES, ops) if i == node] for node in (1, 2, 3)]
-    return "+".join("|" + "|".join(b) + "|" for b in blocks)
+    if len(ops) != len(EDGES):
+        raise ArchError(f"expected {len(EDGES)} ops (one per edge of {EDGES}), got {len(ops)}: "
+                        f"{ops!r}")
+    unknown = [op for op in ops if op not in OPS]
+    if unknown:
+        raise ArchError(f"unknown op(s) {', '.join(map(repr, unknown))} in {ops!r}; valid ops: "
+                        f"{', '.join(OPS)}")
+    blocks = (("|" + "|".join(f"{op}~{j}" for (i, j), op in zip(EDGES, ops) if i == node) + "|")
+              for node in (1, 2, 3))
+    return "+".join(blocks)
 
 
 # ----------------------------------------------------------------------------- the index
 
 @functools.lru_cache(maxsize=1)
 def all_archs() -> tuple[str, ...]:
-    """All 15,625 strings in NB201 index order (shipped table, see ``jhnas/_data/PROVENANCE.md``)."""
-    raw = resources.files("jhnas").joinpath("_data/nb201_archs.txt.gz").read_bytes()
-    return tuple(format_arch([OPS[int(c)] for c in line])
-                 for line in gzip.decompress(raw).decode().split())
+    """All 15,625 strings, entry ``i`` being NB201 index ``i`` (the shipped table)."""
+    raw = gzip.decompress(resources.files("jhnas").joinpath(_TABLE).read_bytes())
+    archs = tuple(format_arch([OPS[int(d)] for d in line]) for line in raw.decode().split())
+    if len(archs) != NUM_ARCHS or len(set(archs)) != NUM_ARCHS:
+        raise RuntimeError(f"jhnas/{_TABLE} is corrupt: {len(archs)} lines, "
+                           f"{len(set(archs))} distinct, expected {NUM_ARCHS}")
+    return archs
 
 
 @functools.lru_cache(maxsize=1)
-def _index() -> dict[str, int]:
+def _positions() -> dict[str, int]:
     return {a: i for i, a in enumerate(all_archs())}
 
 
 def index_of(arch: str) -> int:
-    """The NB201 index of ``arch`` (any valid spelling: whitespace is stripped)."""
-    return _index()[format_arch(parse(arch))]
+    """The NB201 index of ``arch`` (any valid spelling); :class:`ArchError` if invalid."""
+    key = format_arch(parse(arch))
+    try:
+        return _positions()[key]
+    except KeyError:  # unreachable with the complete table, kept for a clear message
+        raise ArchError(f"{arch!r} is not in the NB201 table") from None
 
 
 def arch_at(index: int) -> str:
-    """The string of NB201 index ``index``."""
-    if not 0 <= int(index) < NUM_ARCHS:
-        raise IndexError(f"NB201 index must be in 0..{NUM_ARCHS - 1}, got {index}")
-    return all_archs()[int(index)]
+    """The string of NB201 index ``index`` in ``0..15624`` (no negative indexing)."""
+    if isinstance(index, bool):
+        raise TypeError(f"an NB201 index must be an integer, got {index!r}")
+    try:
+        i = operator.index(index)
+    except TypeError:
+        raise TypeError(f"an NB201 index must be an integer, got {type(index).__name__} "
+                        f"{index!r}") from None
+    if not 0 <= i < NUM_ARCHS:
+        raise IndexError(f"NB201 index must be in 0..{NUM_ARCHS - 1}, got {i}")
+    return all_archs()[i]
 
 
-def sample_indices(key: jax.Array, n: int, *, replace: bool = False) -> np.ndarray:
-    """``n`` NB201 indices drawn uniformly with a typed PRNG key."""
+# ----------------------------------------------------------------------------- sampling
+
+def sample_indices(key: jax.Array, n: int, replace: bool = False) -> np.ndarray:
+    """``n`` NB201 indices, int64 ``(n,)``, drawn uniformly with the PRNG key ``key``."""
+    n = operator.index(n)
     if n < 0 or (not replace and n > NUM_ARCHS):
-        raise ValueError(f"cannot draw {n} of {NUM_ARCHS} architectures "
+        raise ValueError(f"cannot draw {n} of the {NUM_ARCHS} architectures "
                          f"{'with' if replace else 'without'} replacement")
-    return np.asarray(jax.random.choice(key, NUM_ARCHS, (n,), replace=replace))
+    return np.asarray(jax.random.choice(key, NUM_ARCHS, (n,), replace=replace), np.int64)
 
 
 def sample(key: jax.Array, n: int, *, replace: bool = False) -> list[str]:
-    """``n`` architecture strings drawn uniformly with a typed PRNG key."""
+    """``n`` architecture strings drawn uniformly (``jax.random.key(seed)`` for ``key``)."""
     return [arch_at(i) for i in sample_indices(key, n, replace=replace)]
 
 
 # ----------------------------------------------------------------------------- isomorphism
 
-def canonical(arch: str) -> str:
-    """A string shared by isomorphic architectures: NATS-Bench's notion, 6,466 classes.
+_ZERO = "#"
 
-    Node 0 is ``0``; every edge into a node gives one item: ``#`` for a ``none`` edge or a source
-    that is exactly ``#``, the source's string for ``skip_connect``, ``(source)@op`` otherwise;
-    a node is its items sorted and joined with ``+``. Sorting makes the form invariant to the
-    order of summands and to swapping isomorphic nodes. As in NATS-Bench, zero terms are kept
-    and a skip inserts its source as one item, so some architectures computing the same function
-    stay in different classes.
+
+def canonical(arch: str) -> str:
+    """The form of ``arch`` up to isomorphism: NATS-Bench's ``UniqueString`` (6,466 classes).
+
+    Build each node's expression from node 0 = ``0``: an edge into node ``i`` gives one term,
+    ``#`` (zero) if its op is ``none`` or its source's expression is exactly ``#``; the source's
+    expression itself for ``skip_connect`` (an identity); ``(source)@op`` otherwise. A node is
+    its terms sorted as strings and joined by ``+``; the cell is node 3. Sorting makes the form
+    invariant under reordering summands, so cells that differ only in which of two equal nodes
+    (e.g. node 0 and its skip copy node 1) an edge reads from share it.
+
+    This is a syntactic form, and each quirk matters for the benchmark's partition: zero terms
+    are kept and counted, and a skip inserts its source's whole sum as *one* term, sorted by its
+    string. Dropping zero terms and flattening skipped sums gives 4,930 coarser classes; keeping
+    skipped sums as nested multisets gives 6,900 finer ones.
     """
     ops = parse(arch)
-    nodes = ["0"]
+    expr = ["0"]
     for node in (1, 2, 3):
-        items = []
+        terms = []
         for (i, j), op in zip(EDGES, ops):
             if i != node:
                 continue
-            if op == "none" or nodes[j] == "#":
-                items.append("#")
+            if op == "none" or expr[j] == _ZERO:
+                terms.append(_ZERO)
+            elif op == "skip_connect":
+                terms.append(expr[j])
             else:
-                items.append(nodes[j] if op == "skip_connect" else f"({nodes[j]})@{op}")
-        nodes.append("+".join(sorted(items)))
-    return nodes[3]
+                terms.append(f"({expr[j]})@{op}")
+        expr.append("+".join(sorted(terms)))
+    return expr[3]
 
 
 # ----------------------------------------------------------------------------- the network
 
-def _bn(affine: bool = True) -> nn.BatchNorm:
-    # torch: momentum 0.1 (flax 0.9), eps 1e-5; the mode is set by jhnas.net.from_flax.
+def _bn(affine: bool = True, name: str | None = None) -> nn.BatchNorm:
+    # PyTorch's BatchNorm2d: momentum 0.1 (flax: 0.9), eps 1e-5. jhnas.net.from_flax sets the mode.
     return nn.BatchNorm(use_running_average=False, momentum=0.9, epsilon=1e-5,
-                        use_bias=affine, use_scale=affine)
+                        use_bias=affine, use_scale=affine, name=name)
+
+
+def _avg_pool_3x3(x: jax.Array) -> jax.Array:
+    return nn.avg_pool(x, (3, 3), strides=(1, 1), padding=((1, 1), (1, 1)),
+                       count_include_pad=False)
 
 
 class ReLUConvBN(nn.Module):
+    """``BN(conv_k(relu(x)))``, padding (k-1)//2: (B, H, W, c_in) -> (B, H/s, W/s, c_out)."""
     c_in: int
     c_out: int
     kernel: int
@@ -166,55 +241,58 @@ class ReLUConvBN(nn.Module):
     use_bn: bool = True
 
     @nn.compact
-    def __call__(self, x):
+    def __call__(self, x: jax.Array) -> jax.Array:
         x = jnn.relu(self, x)
         x = jnn.Conv(self.c_in, self.c_out, self.kernel, strides=self.stride,
                      padding=(self.kernel - 1) // 2, use_bias=self.conv_bias, name="conv")(x)
-        return _bn(self.affine)(x) if self.use_bn else x
-
-
-def _avg_pool3(x):
-    return nn.avg_pool(x, (3, 3), strides=(1, 1), padding=((1, 1), (1, 1)),
-                       count_include_pad=False)
+        return _bn(self.affine, name="bn")(x) if self.use_bn else x
 
 
 class Cell(nn.Module):
+    """One cell: ``x_i = sum_{j<i} op_{j->i}(x_j)``, returns ``x_3``; shape-preserving.
+
+    Submodules are named ``edge_{i}_{j}``. Dead edges are kept (the ``none`` op multiplies by 0).
+    """
     ops: tuple[str, ...]
     channels: int
     preset: str = "hnas"
     use_bn: bool = True
 
     @nn.compact
-    def __call__(self, x):
-        nodes = [x]
+    def __call__(self, x: jax.Array) -> jax.Array:
         hnas = self.preset == "hnas"
+        nodes = [x]
         for node in (1, 2, 3):
-            total = 0.0
+            terms = []
             for (i, j), op in zip(EDGES, self.ops):
                 if i != node:
                     continue
                 h = nodes[j]
                 if op == "none":
-                    h = h * 0.0  # not zeros_like: XLA would constant-fold the dead branch slowly
+                    h = h * 0.0  # not zeros_like: XLA constant-folds the dead branch, slowly
                 elif op == "avg_pool_3x3":
-                    h = _avg_pool3(h)
+                    h = _avg_pool_3x3(h)
                 elif op in ("nor_conv_1x1", "nor_conv_3x3"):
                     h = ReLUConvBN(self.channels, self.channels, 1 if op == "nor_conv_1x1" else 3,
                                    conv_bias=hnas, affine=not hnas, use_bn=self.use_bn,
                                    name=f"edge_{i}_{j}")(h)
-                total = total + h
-            nodes.append(total)
+                terms.append(h)
+            nodes.append(functools.reduce(operator.add, terms))
         return nodes[3]
 
 
 class ResidualReduction(nn.Module):
-    """The ResNet basic block between stages: stride 2, channels doubled."""
+    """ResNet basic block between stages: (B, H, W, c_in) -> (B, H/2, W/2, c_out).
+
+    ``conv_b(conv_a(x)) + shortcut(avg_pool_2x2(x))``; ``conv_a`` has stride 2, ``shortcut`` is a
+    bias-free 1x1 conv.
+    """
     c_in: int
     c_out: int
     use_bn: bool = True
 
     @nn.compact
-    def __call__(self, x):
+    def __call__(self, x: jax.Array) -> jax.Array:
         b = ReLUConvBN(self.c_in, self.c_out, 3, 2, use_bn=self.use_bn, name="conv_a")(x)
         b = ReLUConvBN(self.c_out, self.c_out, 3, 1, use_bn=self.use_bn, name="conv_b")(b)
         r = nn.avg_pool(x, (2, 2), strides=(2, 2))
@@ -223,7 +301,12 @@ class ResidualReduction(nn.Module):
 
 
 class NB201Net(nn.Module):
-    """The NB201 network; ``x`` NHWC (B, H, W, 3) -> logits (B, num_classes)."""
+    """The NB201 network of ``arch``: NHWC ``x`` (B, H, W, 3) -> logits (B, num_classes).
+
+    Submodules: ``stem_conv``, ``stem_bn``, ``cell{s}_{k}`` (stage s = 1..3, k < N), ``reduce1``,
+    ``reduce2``, ``head_bn``, ``classifier``. Raises :class:`ArchError` for a bad ``arch`` and
+    ``ValueError`` for an unknown ``preset``.
+    """
     arch: str
     num_classes: int = 10
     C: int = 16
@@ -232,30 +315,38 @@ class NB201Net(nn.Module):
     use_bn: bool = True
 
     @nn.compact
-    def __call__(self, x):
+    def __call__(self, x: jax.Array) -> jax.Array:
         if self.preset not in PRESETS:
-            raise ValueError(f"preset must be one of {PRESETS}, got {self.preset!r}")
+            raise ValueError(f"preset must be one of {', '.join(PRESETS)}, got {self.preset!r}")
         ops = parse(self.arch)
+        if x.ndim != 4:
+            raise ValueError(f"NB201Net takes NHWC images (B, H, W, C), got shape {x.shape}")
         c = self.C
         x = jnn.Conv(x.shape[-1], c, 3, padding=1, name="stem_conv")(x)
-        x = _bn()(x) if self.use_bn else x
-        for stage in range(3):
-            if stage:
-                x = ResidualReduction(c, 2 * c, self.use_bn, name=f"reduce{stage}")(x)
+        x = _bn(name="stem_bn")(x) if self.use_bn else x
+        for stage in (1, 2, 3):
+            if stage > 1:
+                x = ResidualReduction(c, 2 * c, self.use_bn, name=f"reduce{stage - 1}")(x)
                 c *= 2
             for k in range(self.N):
-                x = Cell(ops, c, self.preset, self.use_bn, name=f"cell{stage + 1}_{k}")(x)
-        x = _bn()(x) if self.use_bn else x
+                x = Cell(ops, c, self.preset, self.use_bn, name=f"cell{stage}_{k}")(x)
+        x = _bn(name="head_bn")(x) if self.use_bn else x
         x = jnn.relu(self, x).mean(axis=(1, 2))
         return jnn.Dense(c, self.num_classes, name="classifier")(x)
 
 
-def count_params(params) -> int:
-    """Number of scalars in a parameter pytree."""
-    return int(sum(np.size(leaf) for leaf in jax.tree.leaves(params)))
+def init_params(model: nn.Module, key: jax.Array, x: jax.Array) -> Any:
+    """``model.init(key, x)["params"]`` (BatchNorm running statistics are dropped)."""
+    return model.init(key, x)["params"]
 
 
-def param_shapes(model: nn.Module, image_size: int = 32):
-    """Parameter shapes of ``model`` without computing anything (``jax.eval_shape``)."""
+def param_shapes(model: nn.Module, image_size: int = 32) -> Any:
+    """The parameter pytree of ``model`` as ``jax.ShapeDtypeStruct`` leaves (``jax.eval_shape``:
+    nothing is compiled or computed)."""
     x = jax.ShapeDtypeStruct((1, image_size, image_size, 3), jnp.float32)
     return jax.eval_shape(model.init, jax.random.key(0), x)["params"]
+
+
+def count_params(params: Any) -> int:
+    """Number of scalars in a parameter pytree (arrays or ``jax.ShapeDtypeStruct`` leaves)."""
+    return sum(math.prod(np.shape(leaf)) for leaf in jax.tree.leaves(params))
