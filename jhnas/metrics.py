@@ -96,15 +96,15 @@ def cross_entropy(logits: jax.Array, y: jax.Array) -> jax.Array:
     return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
 
 
-def _kernels(params) -> list[jax.Array]:
-    selected, _ = ntk_lib.split_params(params, ntk_lib.param_mask(params, "kernels"))
-    return selected
+def _loss_grad(net: Net, merge, kernels, x, y):
+    """dL/dW for the Conv/Dense kernels (a list aligned with ``kernels``)."""
+    return jax.grad(lambda w: cross_entropy(net.apply(merge(w), x), y))(kernels)
 
 
-def _loss_grad_kernels(net: Net, params, x, y):
-    """dL/dW for the Conv/Dense kernels, as a list aligned with :func:`_kernels`."""
-    selected, merge = ntk_lib.split_params(params, ntk_lib.param_mask(params, "kernels"))
-    return jax.grad(lambda w: cross_entropy(net.apply(merge(w), x), y))(selected), merge
+def _fisher(a: jax.Array, g: jax.Array) -> jax.Array:
+    """One layer: per output channel 0.5 * mean_i (sum_spatial a * dL/da)^2, summed."""
+    n, c = a.shape[0], a.shape[-1]
+    return (0.5 * ((a * g).reshape(n, -1, c).sum(1) ** 2).mean(0)).sum()
 
 
 def _device_passes(net: Net, passes: frozenset[str], zico_splits: int):
@@ -112,27 +112,23 @@ def _device_passes(net: Net, passes: frozenset[str], zico_splits: int):
 
     def run(params, x, y):
         out = {}
-        kernels = _kernels(params)
+        kernels, merge = ntk_lib.split_params(params, ntk_lib.param_mask(params, "kernels"))
         if passes & {"loss", "grasp", "ntk", "jacob", "naswot"} and net.tapped is not None:
             # One tapped forward pass serves the loss gradient, Fisher, the NTK, jacob_cov and
             # NASWOT; each backward pass below reuses it.
-            selected, merge = ntk_lib.split_params(params, ntk_lib.param_mask(params, "kernels"))
             specs, dy0 = net.layers(params, x)
 
             def fwd(w, dy, xx):
                 logits, taps, relus = net.tapped(merge(w), xx, dy)
                 return logits, (taps, relus)
 
-            logits, vjp, (taps, relus) = jax.vjp(fwd, selected, dy0, x, has_aux=True)
+            logits, vjp, (taps, relus) = jax.vjp(fwd, kernels, dy0, x, has_aux=True)
             n, k = logits.shape
             if passes & {"loss", "grasp"}:
                 g_w, g_dy, _ = vjp(jax.grad(cross_entropy)(logits, y))
                 out.update(_grad_stats(kernels, g_w))
             if "loss" in passes:
-                out["fisher"] = sum(
-                    (0.5 * jnp.mean(jnp.sum((taps.outputs[p] * g_dy[p]).reshape(n, -1, c), 1) ** 2,
-                                    0)).sum()
-                    for p, c in ((p, taps.outputs[p].shape[-1]) for p in specs))
+                out["fisher"] = sum(_fisher(taps.outputs[p], g_dy[p]) for p in specs)
             if "ntk" in passes:
                 ct = ntk_lib.output_cotangents(logits, y, "label")
                 deltas = jax.vmap(lambda c: vjp(c)[1])(ct)
@@ -147,20 +143,18 @@ def _device_passes(net: Net, passes: frozenset[str], zico_splits: int):
                 out["naswot_k"] = c @ c.T + (1 - c) @ (1 - c).T
         else:
             if passes & {"loss", "grasp"}:
-                g_w, _ = _loss_grad_kernels(net, params, x, y)
+                g_w = _loss_grad(net, merge, kernels, x, y)
                 out.update(_grad_stats(kernels, g_w))
             if "jacob" in passes:
                 out["jacob"] = jax.grad(lambda xx: net.apply(params, xx).sum())(x)
         if "grasp" in passes:  # H g by forward-over-reverse, g from the loss pass
-            selected, merge = ntk_lib.split_params(params, ntk_lib.param_mask(params, "kernels"))
-            grad_fn = jax.grad(lambda w: cross_entropy(net.apply(merge(w), x), y))
-            _, hg = jax.jvp(grad_fn, (selected,), (list(g_w),))
-            out["grasp"] = sum((-w * h).sum() for w, h in zip(selected, hg))
+            _, hg = jax.jvp(lambda w: _loss_grad(net, merge, w, x, y), (kernels,), (list(g_w),))
+            out["grasp"] = sum((-w * h).sum() for w, h in zip(kernels, hg))
         if "zico" in passes:
             n = x.shape[0] // zico_splits * zico_splits
             xs = x[:n].reshape((zico_splits, -1) + x.shape[1:])
             ys = y[:n].reshape(zico_splits, -1)
-            grads = jax.vmap(lambda xx, yy: _loss_grad_kernels(net, params, xx, yy)[0])(xs, ys)
+            grads = jax.vmap(lambda xx, yy: _loss_grad(net, merge, kernels, xx, yy))(xs, ys)
             ratios = []
             for g in grads:  # (splits, *shape)
                 std, mean_abs = g.std(0), jnp.abs(g).mean(0)
@@ -176,7 +170,7 @@ def _grad_stats(kernels, grads):
             "snip": sum(jnp.abs(w * g).sum() for w, g in zip(kernels, grads))}
 
 
-def _synflow_fn(net: Net, jit: bool = True):
+def _synflow_fn(net: Net):
     """SynFlow in float64 (needs ``jax.enable_x64`` while tracing and running)."""
 
     def run(params, x_shape_one):
@@ -185,11 +179,11 @@ def _synflow_fn(net: Net, jit: bool = True):
         g = jax.grad(lambda w: net.apply_nobn(merge(w), x_shape_one).sum())(selected)
         return sum(jnp.abs(w * gw).sum() for w, gw in zip(selected, g))
 
-    return jax.jit(run) if jit else run
+    return jax.jit(run)
 
 
-def metrics_fn(f: Net | Callable, names: Sequence[str], *, zico_splits: int = 2,
-               jit: bool = True) -> Callable[[Any, Any, jax.Array], dict[str, float]]:
+def metrics_fn(f: Net | Callable, names: Sequence[str], *, zico_splits: int = 2
+               ) -> Callable[[Any, Any, jax.Array], dict[str, float]]:
     """Returns ``fn(params, batch, key) -> {name: value}`` computing ``names`` with shared passes.
 
     The device work is one jit-compiled function (plus a float64 one for synflow), compiled on
@@ -209,9 +203,8 @@ def metrics_fn(f: Net | Callable, names: Sequence[str], *, zico_splits: int = 2,
     if zico_splits < 2:
         raise ValueError("zico needs at least 2 splits of the batch")
     passes = frozenset().union(*(METRICS[n].passes for n in names))
-    device = _device_passes(net, passes - {"synflow"}, zico_splits)
-    device = jax.jit(device) if jit else device
-    synflow = _synflow_fn(net, jit) if "synflow" in passes else None
+    device = jax.jit(_device_passes(net, passes - {"synflow"}, zico_splits))
+    synflow = _synflow_fn(net) if "synflow" in passes else None
 
     def fn(params, batch, key=None):
         del key  # the built-in metrics are deterministic
