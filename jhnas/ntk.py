@@ -102,16 +102,10 @@ def split_params(params, mask):
 
 
 def select_outputs(logits: jax.Array, y: jax.Array | None, output: str) -> jax.Array:
-    """The NTK outputs of a batch of logits (N, K): (N,) for label/sum, (N*K,) for all."""
-    if output == "label":
-        if y is None:
-            raise ValueError("output='label' needs the labels y")
-        return jnp.take_along_axis(logits, y[:, None].astype(jnp.int32), axis=1)[:, 0]
-    if output == "sum":
-        return logits.sum(-1)
-    if output == "all":
-        return logits.reshape(-1)
-    raise ValueError(f"output must be one of {OUTPUTS}, got {output!r}")
+    """The NTK outputs of a batch of logits (N, K): f_(i,o) = <c_o,i, logits_i> with the
+    cotangents c of :func:`output_cotangents`; shape (N * outs,), sample-major."""
+    ct = lax.stop_gradient(output_cotangents(logits, y, output))
+    return jnp.einsum("onk,nk->no", ct, logits).reshape(-1)
 
 
 def _gram_of_rows(rows) -> jax.Array:
