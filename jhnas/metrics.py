@@ -37,6 +37,7 @@ the same signature (none of the built-in ones draws random numbers).
 from __future__ import annotations
 
 import math
+import warnings
 from typing import Any, Callable, Mapping, NamedTuple, Sequence
 
 import jax
@@ -216,9 +217,19 @@ def metrics_fn(f: Net | Callable, names: Sequence[str], *, zico_splits: int = 2
             with jax.enable_x64(True):
                 ones = jnp.ones((1,) + x.shape[1:], jnp.float64)
                 res["synflow"] = float(synflow(params, ones))
-        return {n: METRICS[n].finish(res) for n in names}
+        return {n: _finish(n, res) for n in names}
 
     return fn
+
+
+def _finish(name: str, res: Mapping[str, Any]) -> float:
+    """Host-side finish; a non-finite NTK Gram (overflowing network) gives NaN and a warning, so
+    one bad architecture does not stop a long scoring job."""
+    try:
+        return METRICS[name].finish(res)
+    except FloatingPointError as e:
+        warnings.warn(f"{name}: {e}; recorded as NaN", RuntimeWarning, stacklevel=3)
+        return float("nan")
 
 
 def _single(name: str):

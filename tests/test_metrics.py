@@ -212,3 +212,12 @@ def test_degenerate_networks():
 
     assert r["ntk_cond"] == pytest.approx(1 / cond_floor(N))
     assert r["ntk_trace"] > 0  # the head's bias still moves the output
+
+
+def test_overflowing_network_gives_nan_and_a_warning():
+    net = from_flax(Tiny(bn=False))
+    x = jax.random.normal(jax.random.key(1), (N, 6, 6, 3))
+    params = jax.tree.map(lambda a: a * 1e25, net.init(jax.random.key(0), x))
+    with pytest.warns(RuntimeWarning, match="non-finite.*recorded as NaN"):
+        r = metrics.metrics_fn(net, ["ntk_trace", "ntk_cond"])(params, Batch(x, jnp.arange(N) % 3))
+    assert np.isnan(r["ntk_trace"]) and np.isnan(r["ntk_cond"])
