@@ -124,7 +124,7 @@ def _device_passes(net: Net, passes: frozenset[str], zico_splits: int):
                 return logits, (taps, relus)
 
             logits, vjp, (taps, relus) = jax.vjp(fwd, kernels, dy0, x, has_aux=True)
-            n, k = logits.shape
+            n = logits.shape[0]
             if passes & {"loss", "grasp"}:
                 g_w, g_dy, _ = vjp(jax.grad(cross_entropy)(logits, y))
                 out.update(_grad_stats(kernels, g_w))

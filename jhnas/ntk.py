@@ -128,10 +128,10 @@ def _per_sample_gram(apply, params, x, y, *, output, mask, chunk_size):
     selected, merge = split_params(params, mask)
 
     def one(xi, yi):
-        f = lambda s: select_outputs(apply(merge(s), xi[None]), None if yi is None else yi[None],
-                                     output)
+        f = lambda s: select_outputs(apply(merge(s), xi[None]), yi[None], output)
         return jax.jacrev(f)(selected)  # leaves (1 or K, *shape)
 
+    # y only matters for output="label"; dummy labels keep lax.map's inputs uniform otherwise
     ys = y if y is not None else jnp.zeros(x.shape[0], jnp.int32)
     rows = lax.map(lambda a: one(*a), (x, ys), batch_size=chunk_size)
     rows = jax.tree.map(lambda r: r.reshape((-1,) + r.shape[2:]), rows)  # (N*outs, *shape)
@@ -240,6 +240,8 @@ def empirical_ntk_fn(f: Net | Callable, *, implementation: Implementation | str 
 
     @jax.jit
     def ntk(p, x, y=None):
+        if output == "label" and y is None:
+            raise ValueError("output='label' needs the labels y")
         if impl is Implementation.DECOMPOSITION:
             return _decomposition_gram(net, p, x, y, output=output, which=params)
         fn = _jacobian_gram if impl is Implementation.JACOBIAN else _per_sample_gram

@@ -145,8 +145,9 @@ def test_bad_options():
         ntk.empirical_ntk_fn(net, output="logits")
     with pytest.raises(ValueError):
         ntk.empirical_ntk_fn(net, implementation="fast")
-    with pytest.raises(ValueError, match="needs the labels"):
-        ntk.empirical_ntk_fn(net, implementation="jacobian")(params, x)
+    for impl in IMPLS:  # no silent default label
+        with pytest.raises(ValueError, match="needs the labels"):
+            ntk.empirical_ntk_fn(net, implementation=impl)(params, x)
     with pytest.raises(ValueError, match="Conv/Dense layers only"):
         ntk.empirical_ntk_fn(net, params="all")(params, x, y)
 
