@@ -1,7 +1,8 @@
 """The ``jhnas`` command line.
 
   jhnas score --space nb201 (--archs FILE | --sample N) --metrics a,b,... [--batch FILE.npz]
-              [--batch-size 64] [--cells 5] [--seed S] --out FILE.csv
+              [--batch-size 64] [--cells 5] [--compile blocks|network] [--seed S]
+              --out FILE.csv
 
 Bad input (architecture string, path, metric name) ends with a one-line error and exit code 2.
 """
@@ -72,7 +73,8 @@ def _score(args) -> None:
     if args.cells < 1:
         raise UsageError(f"--cells must be >= 1, got {args.cells}")
     table = score.score_archs(archs, names, batch, str(out), seed=args.seed, cells=args.cells,
-                              preset=args.preset, progress=not args.quiet)
+                              preset=args.preset, compile=args.compile,
+                              progress=not args.quiet)
     print(f"{len(table.rows)} architectures in {out}", file=sys.stderr)
 
 
@@ -90,6 +92,10 @@ def build_parser() -> argparse.ArgumentParser:
                                    "default: the embedded CIFAR-10 images")
     s.add_argument("--batch-size", type=int, default=64)
     s.add_argument("--cells", type=int, default=5, help="cells per stage (NB201: 5)")
+    s.add_argument("--compile", choices=["blocks", "network"], default="blocks",
+                   help="blocks: compile each building block once, no compilation per "
+                        "architecture (default, fastest for many archs); network: one "
+                        "compilation per architecture")
     s.add_argument("--preset", choices=["hnas", "nb201"], default="hnas",
                    help="cell BN/bias settings: the official HNAS code's (default) or NB201's")
     s.add_argument("--seed", type=int, default=0)

@@ -180,7 +180,7 @@ def _synflow_fn(net: Net):
         g = jax.grad(lambda w: net.apply_nobn(merge(w), x_shape_one).sum())(selected)
         return sum(jnp.abs(w * gw).sum() for w, gw in zip(selected, g))
 
-    return jax.jit(run)
+    return run
 
 
 def metrics_fn(f: Net | Callable, names: Sequence[str], *, zico_splits: int = 2
@@ -188,7 +188,8 @@ def metrics_fn(f: Net | Callable, names: Sequence[str], *, zico_splits: int = 2
     """Returns ``fn(params, batch, key) -> {name: value}`` computing ``names`` with shared passes.
 
     The device work is one jit-compiled function (plus a float64 one for synflow), compiled on
-    the first call; spectra, log-determinants and correlations are finished on the host in
+    the first call (for a net of compiled blocks, :func:`jhnas.net.from_blocks`, the blocks are
+    compiled and the glue runs eagerly); spectra, log-determinants and correlations are finished on the host in
     float64.
     """
     net = f if isinstance(f, Net) else from_apply(f)
@@ -204,8 +205,10 @@ def metrics_fn(f: Net | Callable, names: Sequence[str], *, zico_splits: int = 2
     if zico_splits < 2:
         raise ValueError("zico needs at least 2 splits of the batch")
     passes = frozenset().union(*(METRICS[n].passes for n in names))
-    device = jax.jit(_device_passes(net, passes - {"synflow"}, zico_splits))
-    synflow = _synflow_fn(net) if "synflow" in passes else None
+    # A net of compiled blocks runs the glue eagerly: an outer jit would compile it whole again.
+    jit = (lambda f: f) if net.compiled else jax.jit
+    device = jit(_device_passes(net, passes - {"synflow"}, zico_splits))
+    synflow = jit(_synflow_fn(net)) if "synflow" in passes else None
 
     def fn(params, batch, key=None):
         del key  # the built-in metrics are deterministic

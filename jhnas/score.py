@@ -15,7 +15,6 @@ from tqdm.auto import tqdm
 
 from jhnas.data import Batch
 from jhnas.metrics import METRICS, metrics_fn
-from jhnas.net import from_flax
 from jhnas.results import ResultsCSV
 from jhnas.spaces import nb201
 
@@ -32,10 +31,15 @@ def arch_key(seed: int, arch: str) -> jax.Array:
 
 
 def score_arch(arch: str, names: Sequence[str], batch: Batch, *, seed: int = 0, cells: int = 5,
-               channels: int = 16, num_classes: int = 10, preset: str = "hnas") -> dict[str, float]:
-    """All ``names`` for one NB201 architecture, PyTorch-default init, train-mode BatchNorm."""
-    model = nb201.NB201Net(arch, num_classes=num_classes, C=channels, N=cells, preset=preset)
-    net = from_flax(model, bn="train")
+               channels: int = 16, num_classes: int = 10, preset: str = "hnas",
+               compile: str = "blocks") -> dict[str, float]:
+    """All ``names`` for one NB201 architecture, PyTorch-default init, train-mode BatchNorm.
+
+    ``compile``: ``"blocks"`` (no compilation per architecture, see
+    :func:`jhnas.spaces.nb201.make_net`) or ``"network"``.
+    """
+    net = nb201.make_net(arch, bn="train", compile=compile, num_classes=num_classes, C=channels,
+                         N=cells, preset=preset)
     key = arch_key(seed, arch)
     params = net.init(key, np.asarray(batch.x[:1]))
     return metrics_fn(net, names)(params, batch, key)

@@ -296,3 +296,86 @@ def test_param_counts_on_the_whole_table(v10, data_dir):
     idx = np.array([nb201.index_of(a) for a in zc["net_str"]])
     np.testing.assert_array_equal(ours[idx], np.round(zc["params"].to_numpy() * 1e6))
     assert len(differ & set(idx.tolist())) == 131
+
+
+# ----------------------------------------------------------------------------- compiled blocks
+
+@pytest.fixture(scope="module")
+def small_batch():
+    from jhnas.data import default_batch
+    b = default_batch(8)
+    return b._replace(x=b.x[:, :16, :16])
+
+
+@pytest.mark.parametrize("arch", [MIXED, ALL_NONE])
+def test_blocks_equal_the_network_in_float64(arch, small_batch):
+    """The block-compiled net and the monolithic NB201Net give the same parameters, logits and
+    every metric; in float64 the only differences are rounding (1e-9)."""
+    from jhnas.metrics import METRICS, metrics_fn
+    names = list(METRICS)
+    res = {}
+    with jax.enable_x64(True):
+        batch = small_batch._replace(x=jnp.asarray(small_batch.x, jnp.float64))
+        for mode in ("blocks", "network"):
+            net = nb201.make_net(arch, compile=mode, C=4, N=1)
+            params = net.init(jax.random.key(3), np.asarray(small_batch.x[:1]))
+            params = jax.tree.map(lambda a: a.astype(jnp.float64), params)
+            res[mode] = (params, net.apply(params, batch.x), metrics_fn(net, names)(params, batch))
+    (pb, lb, mb), (pn, ln, mn) = res["blocks"], res["network"]
+    jax.tree.map(np.testing.assert_array_equal, pb, pn)
+    np.testing.assert_allclose(lb, ln, rtol=1e-12, atol=1e-12)
+    for name in names:
+        np.testing.assert_allclose(mb[name], mn[name], rtol=1e-9, err_msg=name)
+
+
+def test_blocks_equal_the_network_in_float32(small_batch):
+    from jhnas.metrics import metrics_fn
+    names = ["ntk_trace", "ntk_cond", "grad_norm", "naswot"]
+    out = {}
+    for mode in ("blocks", "network"):
+        net = nb201.make_net(MIXED, compile=mode, C=4, N=1)
+        params = net.init(jax.random.key(3), np.asarray(small_batch.x[:1]))
+        out[mode] = metrics_fn(net, names)(params, small_batch)
+    for name in names:
+        np.testing.assert_allclose(out["blocks"][name], out["network"][name], rtol=1e-4)
+
+
+def test_blocks_compile_nothing_for_new_architectures(small_batch):
+    """After a few architectures have compiled every block shape, scoring another compiles
+    nothing: the number of compilations does not grow with the number of architectures."""
+    from jax._src.dispatch import BACKEND_COMPILE_EVENT
+    from jhnas.metrics import metrics_fn
+    compiles = []
+
+    def listener(event, duration, **kw):
+        if event == BACKEND_COMPILE_EVENT:
+            compiles.append(duration)
+
+    def score(arch):
+        net = nb201.make_net(arch, C=4, N=1)
+        params = net.init(jax.random.key(0), np.asarray(small_batch.x[:1]))
+        return metrics_fn(net, ["ntk_trace", "ntk_cond", "snip"])(params, small_batch)
+
+    # two warm-up archs that together use every op at every position
+    warm = [nb201.format_arch(["nor_conv_3x3", "nor_conv_1x1", "avg_pool_3x3", "skip_connect",
+                               "none", "nor_conv_3x3"]),
+            nb201.format_arch(["nor_conv_1x1", "nor_conv_3x3", "nor_conv_1x1", "nor_conv_3x3",
+                               "nor_conv_1x1", "avg_pool_3x3"])]
+    for a in warm:
+        score(a)
+    jax.monitoring.register_event_duration_secs_listener(listener)
+    try:
+        for a in (MIXED, BEST, ALL["skip_connect"]):
+            score(a)
+    finally:
+        jax.monitoring.unregister_event_duration_listener(listener)
+    assert compiles == []
+
+
+def test_make_net_rejects_bad_options():
+    with pytest.raises(ValueError, match="compile"):
+        nb201.make_net(MIXED, compile="jit")
+    with pytest.raises(ValueError, match="preset"):
+        nb201.make_net(MIXED, preset="darts")
+    with pytest.raises(nb201.ArchError):
+        nb201.make_net("|conv~0|")
