@@ -29,7 +29,7 @@ import gzip
 import math
 import operator
 from importlib import resources
-from typing import Any, Sequence
+from typing import Any, NamedTuple, Sequence
 
 import flax.linen as nn
 import jax
@@ -433,3 +433,77 @@ def param_shapes(model: nn.Module, image_size: int = 32) -> Any:
 def count_params(params: Any) -> int:
     """Number of scalars in a parameter pytree (arrays or ``jax.ShapeDtypeStruct`` leaves)."""
     return sum(math.prod(np.shape(leaf)) for leaf in jax.tree.leaves(params))
+
+
+# ----------------------------------------------------------------------------- shipped tables
+
+DATASETS = ("cifar10", "cifar100", "ImageNet16-120")
+_BENCH = "_data/nb201_bench.npz"
+_METRICS = "_data/nb201_metrics.csv.gz"
+
+
+class Benchmark(NamedTuple):
+    """NAS-Bench-201 results, row ``i`` = NB201 index ``i``, columns :data:`DATASETS`.
+
+    Attributes:
+      val12: (15625, 3) validation accuracy % after 12 epochs (the HNAS search signal; CIFAR-10's
+        is the ``cifar10-valid`` split).
+      test12: (15625, 3) test accuracy % after 12 epochs.
+      test200: (15625, 3) test accuracy % after 200 epochs, mean over seeds (what papers report).
+      epoch_seconds: (15625,) seconds per training epoch on ``cifar10-valid``; 12x it is the cost
+        HNAS charges for one evaluation.
+    """
+
+    val12: np.ndarray
+    test12: np.ndarray
+    test200: np.ndarray
+    epoch_seconds: np.ndarray
+
+
+@functools.lru_cache(maxsize=1)
+def benchmark() -> Benchmark:
+    """The shipped NB201 benchmark table (float32; provenance in ``jhnas/_data/PROVENANCE.md``)."""
+    with resources.files("jhnas").joinpath(_BENCH).open("rb") as f:
+        z = np.load(f)
+        return Benchmark(**{k: z[k] for k in Benchmark._fields})
+
+
+@functools.lru_cache(maxsize=1)
+def class_index() -> np.ndarray:
+    """(15625,) int: for each NB201 index, the index of its isomorphism class's representative
+    (the lowest NB201 index with the same :func:`canonical` form)."""
+    first: dict[str, int] = {}
+    return np.array([first.setdefault(canonical(a), i) for i, a in enumerate(all_archs())])
+
+
+class MetricTable(NamedTuple):
+    """Training-free metrics of every NB201 architecture: ``values[name]`` is (15625,) float64 in
+    NB201 index order, NaN where not computed; ``protocol`` says how they were computed."""
+
+    values: dict[str, np.ndarray]
+    protocol: dict[str, str]
+
+    def coverage(self, name: str) -> float:
+        """Share of the 15,625 architectures with a value of ``name``."""
+        return float(np.mean(np.isfinite(self.values[name])))
+
+
+@functools.lru_cache(maxsize=1)
+def metric_table() -> MetricTable:
+    """The shipped metric table (one computation per isomorphism class, copied to every member).
+
+    Made by ``bench/make_metric_table.py`` from ``jhnas score`` shards; the protocol (network,
+    batch, init, BatchNorm mode, library versions) is in ``protocol``.
+    """
+    raw = gzip.decompress(resources.files("jhnas").joinpath(_METRICS).read_bytes()).decode()
+    lines = raw.splitlines()
+    protocol = dict(line[2:].split(": ", 1) for line in lines if line.startswith("# "))
+    rows = [line.split(",") for line in lines if line and not line.startswith("#")]
+    header, rows = rows[0], rows[1:]
+    cols = {name: np.full(NUM_ARCHS, np.nan) for name in header[1:]}
+    for r in rows:
+        i = int(r[0])
+        for name, v in zip(header[1:], r[1:]):
+            cols[name][i] = float(v) if v else np.nan
+    classes = class_index()
+    return MetricTable({k: v[classes] for k, v in cols.items()}, protocol)
