@@ -1,5 +1,7 @@
 """The ``jhnas`` command line.
 
+  jhnas search --space nb201 --method hnas --metric ntk_trace --budget 20 --seeds 10
+               --dataset cifar10 --out results.json
   jhnas score --space nb201 (--archs FILE | --sample N) --metrics a,b,... [--batch FILE.npz]
               [--batch-size 64] [--cells 5] [--compile blocks|network] [--seed S]
               --out FILE.csv
@@ -78,6 +80,33 @@ def _score(args) -> None:
     print(f"{len(table.rows)} architectures in {out}", file=sys.stderr)
 
 
+def _search(args) -> None:
+    import json
+
+    from jhnas import hnas
+
+    if args.budget < 1:
+        raise UsageError(f"--budget must be >= 1, got {args.budget}")
+    if args.seeds < 1:
+        raise UsageError(f"--seeds must be >= 1, got {args.seeds}")
+    out = Path(args.out)
+    if not out.parent.exists():
+        raise UsageError(f"--out: folder {out.parent} does not exist")
+    res = hnas.run_nb201(args.method, args.metric, args.dataset, budget=args.budget,
+                         seeds=range(args.first_seed, args.first_seed + args.seeds),
+                         config=hnas.Config(acquisition=args.acquisition),
+                         progress=not args.quiet)
+    tmp = out.with_name(out.name + ".tmp")
+    tmp.write_text(json.dumps(res, indent=1))
+    tmp.replace(out)  # atomic: a crash never leaves a half-written results file
+    m, s = res["mean"], res["std"]
+    print(f"{args.method} ({args.metric}, {args.dataset} signal, {args.budget} evaluations, "
+          f"{args.seeds} seeds): test200 " + " / ".join(
+              f"{m['test200_' + d]:.2f}+-{s['test200_' + d]:.2f}"
+              for d in ("cifar10", "cifar100", "ImageNet16-120"))
+          + f", cost {m['cost']:.0f} s -> {out}", file=sys.stderr)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="jhnas", description=__doc__.splitlines()[0])
     sub = p.add_subparsers(dest="command", required=True)
@@ -102,6 +131,24 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--out", required=True, help="CSV; rerunning with the same file resumes")
     s.add_argument("--quiet", action="store_true", help="no progress bar")
     s.set_defaults(func=_score)
+
+    from jhnas.hnas import ACQUISITIONS, METHODS
+    from jhnas.spaces.nb201 import DATASETS
+
+    r = sub.add_parser("search", help="search NB201 with HNAS or a baseline (tabular signal)")
+    r.add_argument("--space", choices=["nb201"], default="nb201")
+    r.add_argument("--method", choices=METHODS, default="hnas")
+    r.add_argument("--metric", default="ntk_trace",
+                   help="M of the objective: a column of the shipped metric table")
+    r.add_argument("--dataset", choices=DATASETS, default="cifar10",
+                   help="whose 12-epoch validation accuracy is the signal")
+    r.add_argument("--budget", type=int, default=20, help="evaluated architectures per search")
+    r.add_argument("--seeds", type=int, default=10, help="independent searches")
+    r.add_argument("--first-seed", type=int, default=0)
+    r.add_argument("--acquisition", choices=ACQUISITIONS, default="ei")
+    r.add_argument("--out", required=True, help="results JSON")
+    r.add_argument("--quiet", action="store_true", help="no progress bar")
+    r.set_defaults(func=_search)
     return p
 
 

@@ -1,0 +1,318 @@
+r"""HNAS: Bayesian optimisation of the training-free objective's two hyper-parameters.
+
+For an architecture :math:`A` with training-free metric :math:`M(A)` (the NTK trace norm in the
+paper) and NTK condition number :math:`\kappa(A)`, the objective (minimised over a pool) is
+
+.. math:: F_{t,c}(A) = \mu\,|M(A)^2 - \nu| + \kappa(A) / (M(A) + 10^{-6}),
+          \qquad \mu = 10^{c}, \quad \sqrt\nu = t\,s .
+
+HNAS searches :math:`(t, c)` in the box ``config.t_bounds x config.c_bounds`` with a GP
+(:mod:`jhnas.gp`): each evaluation grows the pool by ``pool_step`` random architectures (drawn
+with replacement, deduplicated, cumulative, evaluated ones removed), picks
+:math:`\arg\min_A F_{t,c}(A)` in the pool and evaluates it with a *signal* (validation accuracy
+after a short training: a table lookup on NAS-Bench-201, a real training otherwise), which the GP
+models as a function of :math:`(t, c)`. The first ``len(init_t)`` evaluations probe
+:math:`t` on a grid at :math:`c` = ``init_c``, the rest maximise an acquisition (EI by default).
+The answer is the evaluated architecture with the best signal.
+
+Everything is a pure function of a PRNG key and a :class:`State`: :func:`step` is
+``(key, state) -> state``, :func:`search` folds it ``budget`` times with keys
+``fold_in(key, step)``. Same key, same search.
+
+Deliberate choices (the official code has none of them):
+
+* **Signed metrics** (GraSP can be negative): :math:`M^2` and :math:`\kappa/M` are meaningless
+  for :math:`M \le 0`, so a metric is made positive by :func:`positive_metric` (shift by its
+  minimum over the table plus 1 % of its range) before the objective sees it; ``s`` then refers
+  to the shifted scale.
+* **Degenerate values**: architectures whose M or kappa is missing or not finite never enter the
+  pool (they cannot be scored); kappa itself is already capped (:func:`jhnas.ntk.condition_number`).
+* **The scale** ``s`` defaults to 5e3 for the NTK trace norm on NB201 (the paper's setting); for
+  another metric it defaults to the largest (shifted) value of the table, so that ``t`` in [0, 1]
+  spans the metric's range.
+"""
+from __future__ import annotations
+
+import functools
+from typing import Callable, NamedTuple, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from tqdm.auto import tqdm
+
+from jhnas import gp
+
+Signal = Callable[[jax.Array, int], tuple[float, float]]
+
+
+class Problem(NamedTuple):
+    """A search problem over a finite space of ``n`` architectures, indexed 0..n-1.
+
+    Attributes:
+      metric: (n,) the training-free metric M (NaN where unknown).
+      kappa: (n,) the NTK condition number (NaN where unknown).
+      signal: ``(key, index) -> (value, cost)``: evaluates one architecture (larger is better);
+        ``cost`` in seconds.
+      report: ``index -> dict`` of what to report for a final architecture (e.g. test accuracies).
+    """
+
+    metric: np.ndarray
+    kappa: np.ndarray
+    signal: Signal
+    report: Callable[[int], dict] = lambda i: {}
+
+    @property
+    def size(self) -> int:
+        return int(self.metric.shape[0])
+
+    @property
+    def scorable(self) -> np.ndarray:
+        """(n,) bool: M and kappa are finite."""
+        return np.isfinite(self.metric) & np.isfinite(self.kappa)
+
+
+class Config(NamedTuple):
+    """HNAS settings; the defaults are the official NB201 run (REFERENCE §3)."""
+
+    budget: int = 20
+    s: float = 5e3
+    t_bounds: tuple[float, float] = (0.0, 1.0)
+    c_bounds: tuple[float, float] = (-4.0, 0.0)
+    init_t: tuple[float, ...] = (0.0, 0.25, 0.5, 0.75, 1.0)
+    init_c: float = -2.0
+    pool_step: int = 2000
+    acquisition: str = "ei"  # "ei", "log_ei" or "ucb"
+    xi: float = 0.0
+    beta: float = 2.576
+    kernel: str = "matern52"
+    n_random: int = 10000
+
+
+class Record(NamedTuple):
+    """One evaluation: the hyper-parameters (NaN for baselines without), the architecture, its
+    signal and the cost of evaluating it."""
+
+    t: float
+    c: float
+    index: int
+    signal: float
+    cost: float
+
+
+class State(NamedTuple):
+    """Search state: ``pool`` (n,) bool, ``history`` of :class:`Record` s in evaluation order."""
+
+    pool: np.ndarray
+    history: tuple[Record, ...] = ()
+
+    @property
+    def evaluated(self) -> np.ndarray:
+        return np.array([r.index for r in self.history], dtype=np.int64)
+
+    def best(self) -> Record:
+        """The evaluated architecture with the best signal (ties: the first evaluated)."""
+        if not self.history:
+            raise ValueError("nothing has been evaluated yet")
+        return max(self.history, key=lambda r: r.signal)
+
+    @property
+    def cost(self) -> float:
+        return float(sum(r.cost for r in self.history))
+
+
+ACQUISITIONS = ("ei", "log_ei", "ucb")
+
+
+def objective(metric: np.ndarray, kappa: np.ndarray, t: float, c: float, s: float) -> np.ndarray:
+    r""":math:`10^c |M^2 - (t s)^2| + \kappa / (M + 10^{-6})`, elementwise (float64)."""
+    m = np.asarray(metric, np.float64)
+    return 10.0 ** c * np.abs(m ** 2 - (t * s) ** 2) + np.asarray(kappa, np.float64) / (m + 1e-6)
+
+
+def positive_metric(values: np.ndarray) -> np.ndarray:
+    """``values`` unchanged if all finite ones are > 0, else shifted to be > 0: ``v - min + 0.01 *
+    (max - min)`` (see the module docstring)."""
+    v = np.asarray(values, np.float64)
+    finite = v[np.isfinite(v)]
+    if finite.size == 0 or finite.min() > 0:
+        return v
+    span = finite.max() - finite.min()
+    return v - finite.min() + 0.01 * (span if span > 0 else 1.0)
+
+
+def init(problem: Problem) -> State:
+    """The empty state: nothing in the pool, nothing evaluated."""
+    if problem.kappa.shape != problem.metric.shape or problem.metric.ndim != 1:
+        raise ValueError(f"metric and kappa must be (n,) arrays of the same length, got "
+                         f"{problem.metric.shape} and {problem.kappa.shape}")
+    if not problem.scorable.any():
+        raise ValueError("no architecture has a finite metric and kappa")
+    return State(np.zeros(problem.size, bool))
+
+
+def grow_pool(key: jax.Array, state: State, problem: Problem, n: int) -> State:
+    """Adds ``n`` uniform draws (with replacement) of scorable architectures, minus the evaluated."""
+    draws = np.asarray(jax.random.randint(key, (n,), 0, problem.size))
+    pool = state.pool.copy()
+    pool[draws] = True
+    pool &= problem.scorable
+    pool[state.evaluated] = False
+    return state._replace(pool=pool)
+
+
+def propose(key: jax.Array, state: State, config: Config) -> tuple[float, float]:
+    """The next ``(t, c)``: the initial grid first, then the acquisition's maximiser."""
+    k = len(state.history)
+    if k < len(config.init_t):
+        return float(config.init_t[k]), float(config.init_c)
+    if config.acquisition not in ACQUISITIONS:
+        raise ValueError(f"acquisition must be one of {ACQUISITIONS}, got {config.acquisition!r}")
+    x = np.array([[r.t, r.c] for r in state.history])
+    y = np.array([r.signal for r in state.history])
+    bounds = np.array([config.t_bounds, config.c_bounds], np.float64)
+    fit_key, acq_key = jax.random.split(key)
+    model = gp.fit(fit_key, x, y, bounds, kernel=config.kernel)
+    acq = {"ei": functools.partial(gp.expected_improvement, xi=config.xi),
+           "log_ei": functools.partial(gp.log_expected_improvement, xi=config.xi),
+           "ucb": functools.partial(gp.upper_confidence_bound, beta=config.beta)
+           }[config.acquisition]
+    t, c = np.asarray(gp.maximize_acquisition(acq_key, model, acq, n_random=config.n_random))
+    return float(t), float(c)
+
+
+def select(state: State, problem: Problem, t: float, c: float, s: float) -> int:
+    """argmin of the objective over the pool (ties: the lowest index)."""
+    idx = np.flatnonzero(state.pool)
+    if idx.size == 0:
+        raise ValueError("the pool is empty: every scorable architecture has been evaluated")
+    return int(idx[np.argmin(objective(problem.metric[idx], problem.kappa[idx], t, c, s))])
+
+
+def evaluate(key: jax.Array, state: State, problem: Problem, index: int, t=np.nan, c=np.nan
+             ) -> State:
+    """Evaluates ``index`` with the problem's signal and records it; it leaves the pool."""
+    value, cost = problem.signal(key, index)
+    pool = state.pool.copy()
+    pool[index] = False
+    return State(pool, state.history + (Record(float(t), float(c), int(index), float(value),
+                                               float(cost)),))
+
+
+def step(key: jax.Array, state: State, problem: Problem, config: Config = Config()) -> State:
+    """One HNAS evaluation: grow the pool, propose (t, c), pick argmin F, evaluate it."""
+    pool_key, prop_key, eval_key = jax.random.split(key, 3)
+    state = grow_pool(pool_key, state, problem, config.pool_step)
+    t, c = propose(prop_key, state, config)
+    return evaluate(eval_key, state, problem, select(state, problem, t, c, config.s), t, c)
+
+
+def _check(config: Config) -> None:
+    if config.budget < 1:
+        raise ValueError(f"budget must be >= 1, got {config.budget}")
+    if config.acquisition not in ACQUISITIONS:
+        raise ValueError(f"acquisition must be one of {ACQUISITIONS}, got {config.acquisition!r}")
+    if not config.s > 0:
+        raise ValueError(f"s must be > 0, got {config.s}")
+
+
+def search(key: jax.Array, problem: Problem, config: Config = Config(), *,
+           progress: bool = False) -> State:
+    """HNAS for ``config.budget`` evaluations; step ``i`` uses ``fold_in(key, i)``."""
+    _check(config)
+    state = init(problem)
+    for i in tqdm(range(config.budget), desc="hnas", disable=not progress, leave=False):
+        state = step(jax.random.fold_in(key, i), state, problem, config)
+    return state
+
+
+# ----------------------------------------------------------------------------- NAS-Bench-201
+
+def nb201_problem(metric: str = "ntk_trace", dataset: str = "cifar10", *,
+                  table=None) -> Problem:
+    """The tabular NB201 problem: M and kappa from the shipped metric table
+    (:func:`jhnas.spaces.nb201.metric_table`), signal = 12-epoch validation accuracy on
+    ``dataset``, cost = 12 x its CIFAR-10 seconds per epoch (the official cost table; the
+    benchmark has no per-epoch time for the other datasets here), report = 200-epoch test accuracy
+    on the three datasets."""
+    from jhnas.spaces import nb201
+
+    if dataset not in nb201.DATASETS:
+        raise ValueError(f"dataset must be one of {nb201.DATASETS}, got {dataset!r}")
+    table = table if table is not None else nb201.metric_table()
+    for name in (metric, "ntk_cond"):
+        if name not in table.values:
+            raise ValueError(f"metric {name!r} is not in the metric table; it has "
+                             f"{', '.join(table.values)}")
+    bench = nb201.benchmark()
+    d = nb201.DATASETS.index(dataset)
+
+    def signal(key, index):
+        del key  # a table lookup is deterministic
+        return float(bench.val12[index, d]), 12.0 * float(bench.epoch_seconds[index])
+
+    def report(index):
+        return {"arch": nb201.arch_at(index), "index": int(index),
+                **{f"val12_{ds}": float(bench.val12[index, k]) for k, ds in
+                   enumerate(nb201.DATASETS)},
+                **{f"test200_{ds}": float(bench.test200[index, k]) for k, ds in
+                   enumerate(nb201.DATASETS)}}
+
+    return Problem(positive_metric(table.values[metric]), table.values["ntk_cond"], signal, report)
+
+
+def default_scale(problem: Problem, metric: str) -> float:
+    """``s`` for ``metric``: 5e3 for ntk_trace (the paper), else the largest value in the table."""
+    return 5e3 if metric == "ntk_trace" else float(np.nanmax(problem.metric))
+
+
+def summarize(states: Sequence[State], problem: Problem) -> dict:
+    """Per seed: the final architecture's report, its signal and the search cost; plus the mean
+    and standard deviation over seeds of every numeric field."""
+    runs = [{**problem.report(s.best().index), "signal": s.best().signal, "cost": s.cost,
+             "evaluations": len(s.history)} for s in states]
+    keys = [k for k, v in runs[0].items() if isinstance(v, float | int) and k != "index"]
+    return {"runs": runs,
+            "mean": {k: float(np.mean([r[k] for r in runs])) for k in keys},
+            "std": {k: float(np.std([r[k] for r in runs])) for k in keys}}
+
+
+METHODS = ("hnas", "random", "rea", "argmax_metric", "argmin_kappa", "metric_order")
+
+
+def run_nb201(method: str = "hnas", metric: str = "ntk_trace", dataset: str = "cifar10", *,
+              budget: int = 20, seeds: Sequence[int] = range(10), config: Config | None = None,
+              progress: bool = False) -> dict:
+    """Runs ``method`` on the tabular NB201 problem once per seed (key ``jax.random.key(seed)``)
+    and returns :func:`summarize` plus the protocol."""
+    from jhnas import baselines
+    from jhnas.spaces import nb201
+
+    if method not in METHODS:
+        raise ValueError(f"method must be one of {', '.join(METHODS)}, got {method!r}")
+    problem = nb201_problem(metric, dataset)
+    config = (config or Config())._replace(budget=budget)
+    if metric != "ntk_trace" and config.s == Config().s:
+        config = config._replace(s=default_scale(problem, metric))
+    _check(config)
+    fn = {"hnas": lambda k: search(k, problem, config),
+          "random": lambda k: baselines.random_search(k, problem, config),
+          "rea": lambda k: baselines.regularized_evolution(k, problem, config,
+                                                           mutate=baselines.nb201_mutate),
+          "argmax_metric": lambda k: baselines.argmax_metric(k, problem, config),
+          "argmin_kappa": lambda k: baselines.argmin_kappa(k, problem, config),
+          "metric_order": lambda k: baselines.metric_order(k, problem, config)}[method]
+    seeds = list(seeds)
+    states = [fn(jax.random.key(s)) for s in tqdm(seeds, desc=method, disable=not progress)]
+    out = summarize(states, problem)
+    for run, s, st in zip(out["runs"], seeds, states):
+        run["seed"] = s
+        run["history"] = [r._asdict() for r in st.history]
+    table = nb201.metric_table()
+    out["protocol"] = {"method": method, "metric": metric, "dataset": dataset, "budget": budget,
+                       "seeds": seeds, "config": config._asdict(), "jax": jax.__version__,
+                       "signal": f"12-epoch validation accuracy on {dataset} (NB201 table)",
+                       "cost": "12 x cifar10-valid seconds per epoch of each evaluated arch",
+                       "metric_table": table.protocol,
+                       "metric_coverage": table.coverage(metric)}
+    return out

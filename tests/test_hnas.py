@@ -1,0 +1,145 @@
+"""jhnas.hnas and jhnas.baselines on a synthetic problem, and the tabular NB201 problem."""
+from __future__ import annotations
+
+import json
+
+import jax
+import numpy as np
+import pytest
+
+from jhnas import baselines, cli, hnas
+from jhnas.spaces import nb201
+
+N = 500
+
+
+def synthetic(seed: int = 0, unscorable: int = 50) -> hnas.Problem:
+    rng = np.random.default_rng(seed)
+    metric = rng.uniform(1.0, 100.0, N)
+    kappa = rng.uniform(1.0, 1e3, N)
+    metric[:unscorable] = np.nan  # e.g. not yet scored
+    acc = 50 + 0.3 * metric - 0.01 * kappa + rng.normal(0, 1, N)
+    acc[:unscorable] = rng.uniform(0, 100, unscorable)
+    calls = []
+
+    def signal(key, i):
+        calls.append(i)
+        return float(acc[i]), 10.0 + i
+
+    p = hnas.Problem(metric, kappa, signal, lambda i: {"index": int(i), "acc": float(acc[i])})
+    return p
+
+
+def test_objective_formula():
+    m, k = np.array([1.0, 10.0, 50.0]), np.array([5.0, 20.0, 2.0])
+    got = hnas.objective(m, k, t=0.5, c=-1.0, s=40.0)
+    want = 0.1 * np.abs(m ** 2 - 400.0) + k / (m + 1e-6)
+    np.testing.assert_allclose(got, want)
+
+
+def test_positive_metric():
+    v = np.array([-3.0, 1.0, 7.0, np.nan])
+    out = hnas.positive_metric(v)
+    assert np.nanmin(out) > 0 and np.isnan(out[3])
+    np.testing.assert_allclose(np.diff(out[:3]), np.diff(v[:3]))  # a shift keeps the order
+    pos = np.array([0.5, 2.0])
+    np.testing.assert_array_equal(hnas.positive_metric(pos), pos)
+
+
+def test_pool_is_cumulative_deduplicated_and_excludes_evaluated_and_unscorable():
+    p = synthetic()
+    s = hnas.init(p)
+    s1 = hnas.grow_pool(jax.random.key(0), s, p, 100)
+    assert 0 < s1.pool.sum() <= 100 and not s1.pool[:50].any()
+    s2 = hnas.evaluate(jax.random.key(1), s1, p, int(np.flatnonzero(s1.pool)[0]))
+    s3 = hnas.grow_pool(jax.random.key(2), s2, p, 100)
+    assert not s3.pool[s2.evaluated].any()
+    assert (s3.pool[s1.pool & ~np.isin(np.arange(N), s2.evaluated)]).all()  # cumulative
+
+
+def test_search_probes_then_optimises_and_is_reproducible():
+    p = synthetic()
+    cfg = hnas.Config(budget=7, s=100.0, pool_step=200, n_random=500)
+    a = hnas.search(jax.random.key(0), p, cfg)
+    b = hnas.search(jax.random.key(0), p, cfg)
+    c = hnas.search(jax.random.key(1), p, cfg)
+    assert a.history == b.history and np.array_equal(a.pool, b.pool)
+    assert [r.t for r in a.history[:5]] == [0.0, 0.25, 0.5, 0.75, 1.0]
+    assert all(r.c == -2.0 for r in a.history[:5])
+    for r in a.history[5:]:
+        assert 0.0 <= r.t <= 1.0 and -4.0 <= r.c <= 0.0
+    idx = a.evaluated
+    assert len(set(idx.tolist())) == 7 and np.isfinite(p.metric[idx]).all()
+    assert [r.index for r in a.history] != [r.index for r in c.history]
+    assert a.best().signal == max(r.signal for r in a.history)
+    assert a.cost == sum(10.0 + i for i in idx)
+
+
+def test_select_is_the_argmin_over_the_pool():
+    p = synthetic()
+    s = hnas.grow_pool(jax.random.key(0), hnas.init(p), p, 300)
+    i = hnas.select(s, p, 0.3, -1.0, 100.0)
+    pool = np.flatnonzero(s.pool)
+    scores = hnas.objective(p.metric[pool], p.kappa[pool], 0.3, -1.0, 100.0)
+    assert i == pool[np.argmin(scores)]
+
+
+def test_baselines():
+    p = synthetic()
+    cfg = hnas.Config(budget=8, pool_step=50)
+    rs = baselines.random_search(jax.random.key(0), p, cfg)
+    assert len(set(rs.evaluated.tolist())) == 8
+    mo = baselines.metric_order(jax.random.key(0), p, cfg)
+    assert np.all(np.diff(p.metric[mo.evaluated]) <= 0)
+    am = baselines.argmax_metric(jax.random.key(0), p, cfg)
+    ak = baselines.argmin_kappa(jax.random.key(0), p, cfg)
+    assert am.cost == 0.0 and ak.cost == 0.0
+    assert p.metric[am.best().index] == np.nanmax(p.metric[am.pool])
+    assert p.kappa[ak.best().index] == np.nanmin(p.kappa[ak.pool])
+
+    def mutate(key, i):
+        return int((i + 1 + jax.random.randint(key, (), 0, 5)) % N)
+
+    rea = baselines.regularized_evolution(jax.random.key(0), p, cfg, mutate=mutate)
+    assert len(set(rea.evaluated.tolist())) == 8
+    again = baselines.regularized_evolution(jax.random.key(0), p, cfg, mutate=mutate)
+    assert [r.index for r in rea.history] == [r.index for r in again.history]
+
+
+def test_nb201_mutate_changes_one_edge():
+    for i in range(5):
+        j = baselines.nb201_mutate(jax.random.key(i), 1234)
+        a, b = nb201.parse(nb201.arch_at(1234)), nb201.parse(nb201.arch_at(j))
+        assert sum(x != y for x, y in zip(a, b)) == 1
+
+
+def test_nb201_problem_uses_the_shipped_tables():
+    p = hnas.nb201_problem("ntk_trace", "cifar100")
+    bench, table = nb201.benchmark(), nb201.metric_table()
+    value, cost = p.signal(jax.random.key(0), 6111)
+    assert value == pytest.approx(float(bench.val12[6111, 1]))
+    assert cost == pytest.approx(12 * float(bench.epoch_seconds[6111]))
+    np.testing.assert_array_equal(p.kappa, table.values["ntk_cond"])
+    rep = p.report(6111)
+    assert rep["test200_cifar10"] == pytest.approx(94.3733, abs=1e-3)
+    with pytest.raises(ValueError, match="dataset"):
+        hnas.nb201_problem("ntk_trace", "mnist")
+    with pytest.raises(ValueError, match="not in the metric table"):
+        hnas.nb201_problem("no_such_metric")
+
+
+def test_cli_search_writes_results(tmp_path, capsys):
+    out = tmp_path / "r.json"
+    assert cli.main(["search", "--method", "random", "--budget", "5", "--seeds", "2",
+                     "--out", str(out), "--quiet"]) == 0
+    res = json.loads(out.read_text())
+    assert len(res["runs"]) == 2 and res["protocol"]["method"] == "random"
+    for run in res["runs"]:
+        assert set(run) >= {"arch", "val12_cifar10", "test200_cifar10", "test200_cifar100",
+                            "test200_ImageNet16-120", "cost", "seed"}
+        assert len(run["history"]) == 5
+    assert res["mean"]["test200_cifar10"] == pytest.approx(
+        np.mean([r["test200_cifar10"] for r in res["runs"]]))
+    assert cli.main(["search", "--budget", "0", "--out", str(out)]) == 2
+    assert cli.main(["search", "--out", str(tmp_path / "no" / "r.json")]) == 2
+    assert "error" in capsys.readouterr().err
