@@ -1,20 +1,22 @@
 """jhnas: gradient-based training-free neural architecture search in JAX.
 
 The empirical NTK (:mod:`jhnas.ntk`), the training-free metrics (:mod:`jhnas.metrics`),
-networks as pure functions (:mod:`jhnas.net`), search spaces (:mod:`jhnas.spaces`) and CIFAR
-data (:mod:`jhnas.data`).
+networks as pure functions (:mod:`jhnas.net`), search spaces (:mod:`jhnas.spaces`), CIFAR
+data (:mod:`jhnas.data`), the Gaussian process (:mod:`jhnas.gp`), HNAS (:mod:`jhnas.hnas`) and
+its baselines (:mod:`jhnas.baselines`).
 """
-from jhnas import data, metrics, net, nn, ntk, spaces
+from jhnas import baselines, data, gp, hnas, metrics, net, nn, ntk, spaces
 from jhnas.data import Batch, default_batch, load_batch
 from jhnas.metrics import METRICS, metrics_fn
-from jhnas.net import Net, from_apply, from_flax
+from jhnas.net import Block, Net, from_apply, from_blocks, from_flax
 from jhnas.ntk import (Implementation, condition_number, eigenvalues, empirical_ntk_fn,
                        trace_norm)
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "Batch", "Implementation", "METRICS", "Net", "condition_number", "data", "default_batch",
-    "eigenvalues", "empirical_ntk_fn", "from_apply", "from_flax", "load_batch", "metrics",
-    "metrics_fn", "net", "nn", "ntk", "spaces", "trace_norm",
+    "Batch", "Block", "Implementation", "METRICS", "Net", "baselines", "condition_number", "data",
+    "default_batch", "eigenvalues", "empirical_ntk_fn", "from_apply", "from_blocks", "from_flax",
+    "gp", "hnas", "load_batch", "metrics", "metrics_fn", "net", "nn", "ntk", "spaces",
+    "trace_norm",
 ]

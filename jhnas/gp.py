@@ -91,7 +91,7 @@ KERNELS = ("matern52", "matern32", "rbf")
 
 _LOG_2PI = math.log(2.0 * math.pi)
 _JITTER_LADDER = (0.0,) + tuple(10.0 ** e for e in range(-10, 0))  # x mean prior variance
-_GRAD_TOL = 1e-6  # fit stops a start once every gradient component is below this
+_GRAD_TOL = 1e-9  # fit stops a start once every gradient component is below this
 
 
 class GPParams(NamedTuple):
@@ -114,11 +114,13 @@ class GPParams(NamedTuple):
 
     @property
     def amplitude(self):
-        return jnp.exp(self.log_amplitude)
+        with jax.enable_x64(True):
+            return jnp.exp(self.log_amplitude)
 
     @property
     def lengthscale(self):
-        return jnp.exp(self.log_lengthscale)
+        with jax.enable_x64(True):
+            return jnp.exp(self.log_lengthscale)
 
 
 class GPState(NamedTuple):
@@ -464,13 +466,14 @@ def fit(key: jax.Array, x, y, bounds, *, kernel: str = "matern52", alpha=1e-6,
     """Fit the hyper-parameters by maximum log marginal likelihood and condition on the data.
 
     x: (n, d) inputs in the original box, y: (n,) targets, bounds: (d, 2) lower/upper.
-    ``restarts`` L-BFGS runs (optax) of at most ``steps`` iterations (fewer once every gradient
-    component is below 1e-6), in parallel (vmap): the first from
-    amplitude 1 and lengthscales 1 (clipped into the bounds), the others from points drawn with
-    ``key`` log-uniformly inside ``amplitude_bounds`` (signal variance of the standardised
-    targets) and ``lengthscale_bounds`` (on the unit box). The start with the largest likelihood
-    is kept. (The data are padded to 8, 16, 32, ... points with inert points, which changes
-    nothing, so that a growing data set recompiles only at powers of two.)
+    ``restarts`` L-BFGS runs (optax), in parallel (vmap), each of at most ``steps`` iterations
+    (fewer once every gradient component is below 1e-9): the first from amplitude 1 and
+    lengthscales 1 (clipped into the bounds), the others from points drawn with ``key``
+    log-uniformly inside ``amplitude_bounds`` (signal variance of the standardised targets) and
+    ``lengthscale_bounds`` (on the unit box). The start with the largest likelihood is kept. The
+    likelihood can be multimodal with few points: more restarts find the best mode more often.
+    (The data are padded to 8, 16, 32, ... points with inert points, which changes nothing, so
+    that a growing data set recompiles only at powers of two.)
     """
     kernel_id = _kernel_id(kernel)
     if restarts < 1 or steps < 0:

@@ -1,10 +1,11 @@
 """jhnas.gp against scikit-learn's GaussianProcessRegressor, acquisitions against Monte Carlo and
 asymptotics, and the acquisition maximiser on problems with a known answer.
 
-Compilation dominates the runtime, so the tests share shapes: every fit uses 12 points in 2-d
-(as does the module docstring) and every maximisation the same 25-point state.
+Compilation dominates the runtime, so the tests share shapes where they can: every fit uses 12
+points in 2-d (padded to 16) and every maximisation the same 25-point state (padded to 32). The
+module docstring's example is not run here (it would compile its own maximiser); check it with
+``python -m doctest jhnas/gp.py``.
 """
-import doctest
 import functools
 import math
 
@@ -116,19 +117,6 @@ def test_jitter_rescues_a_singular_gram_matrix():
     np.testing.assert_allclose(mean, y, atol=1e-3)
 
 
-def test_padding_leaves_the_likelihood_unchanged():
-    """fit optimises on data padded to a power of two; padding must not change the objective."""
-    x, y, bounds = _data(2, n=4)
-    params = gp.GPParams.create(0.8, [0.3, 0.7])
-    state = gp.condition(params, x, y, bounds)
-    with jax.enable_x64(True):
-        pad = 4
-        mask = jnp.arange(4 + pad) < 4
-        padded = jax.jit(gp._lml)(params, jnp.pad(state.x, ((0, pad), (0, 0))),
-                                  jnp.pad(state.y, (0, pad)), jnp.full(4 + pad, ALPHA), 0, mask)
-    np.testing.assert_allclose(padded, state.log_marginal_likelihood, rtol=1e-12)
-
-
 def test_fit_reaches_sklearn_optimum():
     x, y, bounds = _data(2, seed=3)
     state = gp.fit(jax.random.key(0), x, y, bounds, restarts=5)
@@ -137,7 +125,8 @@ def test_fit_reaches_sklearn_optimum():
         ConstantKernel(1.0, (1e-3, 1e3)) * Matern(np.ones(2), (1e-3, 1e3), nu=2.5),
         alpha=ALPHA, normalize_y=True, n_restarts_optimizer=5, random_state=0).fit(unit_x, y)
     assert float(state.log_marginal_likelihood) >= sk.log_marginal_likelihood_value_ - 1e-4
-    # The reported value is the likelihood of the returned hyper-parameters, by sklearn's count.
+    # The reported value is the likelihood of the returned hyper-parameters, by sklearn's count
+    # (fit works on data padded to 16 points: the padding must not change the likelihood).
     theta = np.concatenate([[state.params.log_amplitude], state.params.log_lengthscale])
     np.testing.assert_allclose(sk.log_marginal_likelihood(theta), state.log_marginal_likelihood,
                                rtol=1e-9)
@@ -156,11 +145,6 @@ def test_fit_reaches_sklearn_optimum():
     theta = np.concatenate([[fewer.params.log_amplitude], fewer.params.log_lengthscale])
     np.testing.assert_allclose(sk.log_marginal_likelihood(theta), fewer.log_marginal_likelihood,
                                rtol=1e-9)
-
-
-def test_module_example_runs():
-    result = doctest.testmod(gp, optionflags=doctest.NORMALIZE_WHITESPACE)
-    assert result.attempted > 0 and result.failed == 0
 
 
 # ----------------------------------------------------------------------------- acquisitions
@@ -272,7 +256,7 @@ def test_padded_state_predicts_the_same(bowl):
     state, _ = bowl
     padded, mask = gp._pad_state(state)
     assert padded.x.shape == (32, 2) and mask.sum() == 25
-    points = np.random.default_rng(2).uniform(size=(50, 2))
+    points = np.random.default_rng(2).uniform(size=(1000, 2))  # the shape predicted above
     with jax.enable_x64(True):
         mean, var = jax.jit(gp._predict_unit, static_argnums=2)(padded, points, 0, mask)
     lower, upper = np.asarray(state.bounds).T
