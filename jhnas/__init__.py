@@ -2,10 +2,10 @@
 
 The empirical NTK (:mod:`jhnas.ntk`), the training-free metrics (:mod:`jhnas.metrics`),
 networks as pure functions (:mod:`jhnas.net`), search spaces (:mod:`jhnas.spaces`), CIFAR
-data (:mod:`jhnas.data`), the Gaussian process (:mod:`jhnas.gp`), HNAS (:mod:`jhnas.hnas`) and
+data (:mod:`jhnas.data`), rank agreement with benchmarks (:mod:`jhnas.correlation`), the Gaussian process (:mod:`jhnas.gp`), HNAS (:mod:`jhnas.hnas`) and
 its baselines (:mod:`jhnas.baselines`).
 """
-from jhnas import baselines, data, gp, hnas, metrics, net, nn, ntk, spaces
+from jhnas import baselines, correlation, data, gp, hnas, metrics, net, nn, ntk, spaces
 from jhnas.data import Batch, default_batch, load_batch
 from jhnas.metrics import METRICS, metrics_fn
 from jhnas.net import Block, Net, from_apply, from_blocks, from_flax
@@ -15,7 +15,7 @@ from jhnas.ntk import (Implementation, condition_number, eigenvalues, empirical_
 __version__ = "0.1.0"
 
 __all__ = [
-    "Batch", "Block", "Implementation", "METRICS", "Net", "baselines", "condition_number", "data",
+    "Batch", "Block", "Implementation", "METRICS", "Net", "baselines", "correlation", "condition_number", "data",
     "default_batch", "eigenvalues", "empirical_ntk_fn", "from_apply", "from_blocks", "from_flax",
     "gp", "hnas", "load_batch", "metrics", "metrics_fn", "net", "nn", "ntk", "spaces",
     "trace_norm",

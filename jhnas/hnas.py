@@ -4,7 +4,7 @@ For an architecture :math:`A` with training-free metric :math:`M(A)` (the NTK tr
 paper) and NTK condition number :math:`\kappa(A)`, the objective (minimised over a pool) is
 
 .. math:: F_{t,c}(A) = \mu\,|M(A)^2 - \nu| + \kappa(A) / (M(A) + 10^{-6}),
-          \qquad \mu = 10^{c}, \quad \sqrt\nu = t\,s .
+          \qquad \mu = 10^{c}, \quad \sqrt\nu = t\,s \;\; (\text{or } s^t) .
 
 HNAS searches :math:`(t, c)` in the box ``config.t_bounds x config.c_bounds`` with a GP
 (:mod:`jhnas.gp`): each evaluation grows the pool by ``pool_step`` random architectures (drawn
@@ -30,6 +30,12 @@ Deliberate choices (the official code has none of them):
 * **The scale** ``s`` defaults to 5e3 for the NTK trace norm on NB201 (the paper's setting); for
   another metric it defaults to the largest (shifted) value of the table, so that ``t`` in [0, 1]
   spans the metric's range.
+
+Our improvement, ``Config(nu_scale="log")``: :math:`\sqrt\nu = s^t` instead of :math:`t s`. The
+NTK trace norm of NB201 networks spans four orders of magnitude (median about 40, maximum about
+8e4), so on the official linear scale every ``t`` above a few hundredths puts :math:`\sqrt\nu`
+above almost every architecture's M and the GP's input space is mostly flat; on the log scale
+``t`` sweeps M's range evenly (measured in bench/results/hnas_nb201.md).
 """
 from __future__ import annotations
 
@@ -87,6 +93,7 @@ class Config(NamedTuple):
     beta: float = 2.576
     kernel: str = "matern52"
     n_random: int = 10000
+    nu_scale: str = "linear"  # sqrt(nu) = t * s (official) or "log": s ** t (ours)
 
 
 class Record(NamedTuple):
@@ -124,10 +131,18 @@ class State(NamedTuple):
 ACQUISITIONS = ("ei", "log_ei", "ucb")
 
 
-def objective(metric: np.ndarray, kappa: np.ndarray, t: float, c: float, s: float) -> np.ndarray:
-    r""":math:`10^c |M^2 - (t s)^2| + \kappa / (M + 10^{-6})`, elementwise (float64)."""
+NU_SCALES = ("linear", "log")
+
+
+def objective(metric: np.ndarray, kappa: np.ndarray, t: float, c: float, s: float,
+              nu_scale: str = "linear") -> np.ndarray:
+    r""":math:`10^c |M^2 - \nu| + \kappa / (M + 10^{-6})`, elementwise (float64), with
+    :math:`\sqrt\nu = t s` (``nu_scale="linear"``, the official one) or :math:`s^t` (``"log"``)."""
+    if nu_scale not in NU_SCALES:
+        raise ValueError(f"nu_scale must be one of {NU_SCALES}, got {nu_scale!r}")
     m = np.asarray(metric, np.float64)
-    return 10.0 ** c * np.abs(m ** 2 - (t * s) ** 2) + np.asarray(kappa, np.float64) / (m + 1e-6)
+    root_nu = t * s if nu_scale == "linear" else float(s) ** t
+    return 10.0 ** c * np.abs(m ** 2 - root_nu ** 2) + np.asarray(kappa, np.float64) / (m + 1e-6)
 
 
 def positive_metric(values: np.ndarray) -> np.ndarray:
@@ -181,12 +196,14 @@ def propose(key: jax.Array, state: State, config: Config) -> tuple[float, float]
     return float(t), float(c)
 
 
-def select(state: State, problem: Problem, t: float, c: float, s: float) -> int:
+def select(state: State, problem: Problem, t: float, c: float, s: float,
+           nu_scale: str = "linear") -> int:
     """argmin of the objective over the pool (ties: the lowest index)."""
     idx = np.flatnonzero(state.pool)
     if idx.size == 0:
         raise ValueError("the pool is empty: every scorable architecture has been evaluated")
-    return int(idx[np.argmin(objective(problem.metric[idx], problem.kappa[idx], t, c, s))])
+    f = objective(problem.metric[idx], problem.kappa[idx], t, c, s, nu_scale)
+    return int(idx[np.argmin(f)])
 
 
 def evaluate(key: jax.Array, state: State, problem: Problem, index: int, t=np.nan, c=np.nan
@@ -204,7 +221,8 @@ def step(key: jax.Array, state: State, problem: Problem, config: Config = Config
     pool_key, prop_key, eval_key = jax.random.split(key, 3)
     state = grow_pool(pool_key, state, problem, config.pool_step)
     t, c = propose(prop_key, state, config)
-    return evaluate(eval_key, state, problem, select(state, problem, t, c, config.s), t, c)
+    index = select(state, problem, t, c, config.s, config.nu_scale)
+    return evaluate(eval_key, state, problem, index, t, c)
 
 
 def _check(config: Config) -> None:
@@ -214,6 +232,10 @@ def _check(config: Config) -> None:
         raise ValueError(f"acquisition must be one of {ACQUISITIONS}, got {config.acquisition!r}")
     if not config.s > 0:
         raise ValueError(f"s must be > 0, got {config.s}")
+    if config.nu_scale not in NU_SCALES:
+        raise ValueError(f"nu_scale must be one of {NU_SCALES}, got {config.nu_scale!r}")
+    if config.nu_scale == "log" and not config.s > 1:
+        raise ValueError(f"nu_scale='log' needs s > 1 (sqrt(nu) = s**t), got {config.s}")
 
 
 def search(key: jax.Array, problem: Problem, config: Config = Config(), *,

@@ -20,10 +20,9 @@ import os
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt
 import numpy as np
-from scipy import stats
 
+from jhnas import correlation
 from jhnas.spaces import nb201
 
 OUT = os.environ.get("JHNAS_NOTEBOOK_OUT", ".")
@@ -32,27 +31,23 @@ print({k: v for k, v in table.protocol.items() if k.startswith("coverage") or k 
 
 # %% [markdown]
 # ## Rank correlation with every target
+#
+# Spearman rho, Kendall tau and the share of the true top 1 % / 5 % that the metric puts in its
+# own top 1 % / 5 % (`jhnas.correlation.agreement`); `ntk_cond` is better when smaller, so its rho
+# is negative and its hit rates use the negated value.
 
 # %%
 covered = np.all([np.isfinite(v) for v in table.values.values()], 0)
+values = {n: np.where(covered, v, np.nan) for n, v in table.values.items()}
 print(f"{covered.sum()} architectures covered")
-targets = {f"test200 {d}": bench.test200[:, i] for i, d in enumerate(nb201.DATASETS)}
-targets["val12 cifar10"] = bench.val12[:, 0]
-for name, v in table.values.items():
-    rhos = {t: stats.spearmanr(v[covered], a[covered])[0] for t, a in targets.items()}
-    print(f"{name:10s}", "  ".join(f"{t}: {r:+.3f}" for t, r in rhos.items()))
+for name, per in correlation.agreement_table(values, correlation.nb201_targets(bench)).items():
+    for target, r in per.items():
+        print(f"{name:10s} {target:22s} rho {r['spearman']:+.3f}  tau {r['kendall']:+.3f}  "
+              f"top-1% {r['top1%']:.2f}  top-5% {r['top5%']:.2f}")
 
 # %% [markdown]
 # ## M and kappa against CIFAR-10 test accuracy
 
 # %%
-names = list(table.values)
-fig, axes = plt.subplots(1, len(names), figsize=(4.5 * len(names), 3.6))
-for ax, name in zip(np.atleast_1d(axes), names):
-    ax.scatter(table.values[name][covered], bench.test200[covered, 0], s=2, alpha=0.3)
-    ax.set_xscale("log")
-    ax.set_xlabel(name)
-    ax.set_ylabel("CIFAR-10 test acc. (%)")
-    ax.set_ylim(60, 95)
-fig.tight_layout()
+fig = correlation.scatter(values, bench.test200[:, 0])
 fig.savefig(os.path.join(OUT, "nb201_correlation.png"), dpi=100)

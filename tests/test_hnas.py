@@ -35,6 +35,11 @@ def test_objective_formula():
     got = hnas.objective(m, k, t=0.5, c=-1.0, s=40.0)
     want = 0.1 * np.abs(m ** 2 - 400.0) + k / (m + 1e-6)
     np.testing.assert_allclose(got, want)
+    # log scale: sqrt(nu) = s**t = 40**0.5
+    got = hnas.objective(m, k, t=0.5, c=-1.0, s=40.0, nu_scale="log")
+    np.testing.assert_allclose(got, 0.1 * np.abs(m ** 2 - 40.0) + k / (m + 1e-6))
+    with pytest.raises(ValueError, match="nu_scale"):
+        hnas.objective(m, k, 0.5, -1.0, 40.0, "sqrt")
 
 
 def test_positive_metric():
@@ -73,6 +78,27 @@ def test_search_probes_then_optimises_and_is_reproducible():
     assert [r.index for r in a.history] != [r.index for r in c.history]
     assert a.best().signal == max(r.signal for r in a.history)
     assert a.cost == sum(10.0 + i for i in idx)
+
+
+def test_log_scale_search_picks_the_log_scale_argmin():
+    """Replaying the search: every evaluated architecture is the argmin of the log-scale
+    objective over the pool as it was at that step."""
+    p = synthetic()
+    cfg = hnas.Config(budget=6, s=100.0, pool_step=100, n_random=500, nu_scale="log")
+    key = jax.random.key(0)
+    done = hnas.search(key, p, cfg)
+    state, differs = hnas.init(p), 0
+    for i, rec in enumerate(done.history):
+        pool_key, _, _ = jax.random.split(jax.random.fold_in(key, i), 3)
+        state = hnas.grow_pool(pool_key, state, p, cfg.pool_step)
+        pool = np.flatnonzero(state.pool)
+        f = hnas.objective(p.metric[pool], p.kappa[pool], rec.t, rec.c, cfg.s, "log")
+        assert rec.index == pool[np.argmin(f)]
+        differs += rec.index != hnas.select(state, p, rec.t, rec.c, cfg.s)  # linear scale
+        state = hnas.evaluate(jax.random.key(0), state, p, rec.index, rec.t, rec.c)
+    assert differs > 0  # the option changes the choices
+    with pytest.raises(ValueError, match="s > 1"):
+        hnas.search(key, p, cfg._replace(s=0.5))
 
 
 def test_select_is_the_argmin_over_the_pool():
@@ -140,6 +166,11 @@ def test_cli_search_writes_results(tmp_path, capsys):
         assert len(run["history"]) == 5
     assert res["mean"]["test200_cifar10"] == pytest.approx(
         np.mean([r["test200_cifar10"] for r in res["runs"]]))
+    assert cli.main(["search", "--method", "hnas", "--nu-scale", "log", "--budget", "6",
+                     "--seeds", "1", "--out", str(out), "--quiet"]) == 0
+    res = json.loads(out.read_text())
+    assert res["protocol"]["config"]["nu_scale"] == "log"
+    assert len(res["runs"][0]["history"]) == 6
     assert cli.main(["search", "--budget", "0", "--out", str(out)]) == 2
     assert cli.main(["search", "--out", str(tmp_path / "no" / "r.json")]) == 2
     assert "error" in capsys.readouterr().err

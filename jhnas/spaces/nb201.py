@@ -323,17 +323,27 @@ class NB201Net(nn.Module):
         if x.ndim != 4:
             raise ValueError(f"NB201Net takes NHWC images (B, H, W, C), got shape {x.shape}")
         c = self.C
-        x = jnn.Conv(x.shape[-1], c, 3, padding=1, name="stem_conv")(x)
-        x = _bn(name="stem_bn")(x) if self.use_bn else x
+        x = _stem(x, c, self.use_bn)
         for stage in (1, 2, 3):
             if stage > 1:
                 x = ResidualReduction(c, 2 * c, self.use_bn, name=f"reduce{stage - 1}")(x)
                 c *= 2
             for k in range(self.N):
                 x = Cell(ops, c, self.preset, self.use_bn, name=f"cell{stage}_{k}")(x)
-        x = _bn(name="head_bn")(x) if self.use_bn else x
-        x = jnn.relu(self, x).mean(axis=(1, 2))
-        return jnn.Dense(c, self.num_classes, name="classifier")(x)
+        return _head(self, x, c, self.num_classes, self.use_bn)
+
+
+def _stem(x: jax.Array, c: int, use_bn: bool) -> jax.Array:
+    """``stem_bn(stem_conv(x))``, inside the calling module's scope (shared by the two forms)."""
+    x = jnn.Conv(x.shape[-1], c, 3, padding=1, name="stem_conv")(x)
+    return _bn(name="stem_bn")(x) if use_bn else x
+
+
+def _head(module: nn.Module, x: jax.Array, c: int, num_classes: int, use_bn: bool) -> jax.Array:
+    """``classifier(mean(relu(head_bn(x))))``, inside ``module``'s scope."""
+    x = _bn(name="head_bn")(x) if use_bn else x
+    x = jnn.relu(module, x).mean(axis=(1, 2))
+    return jnn.Dense(c, num_classes, name="classifier")(x)
 
 
 class _Stem(nn.Module):
@@ -343,8 +353,7 @@ class _Stem(nn.Module):
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
-        x = jnn.Conv(x.shape[-1], self.C, 3, padding=1, name="stem_conv")(x)
-        return _bn(name="stem_bn")(x) if self.use_bn else x
+        return _stem(x, self.C, self.use_bn)
 
 
 class _Head(nn.Module):
@@ -355,9 +364,7 @@ class _Head(nn.Module):
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
-        x = _bn(name="head_bn")(x) if self.use_bn else x
-        x = jnn.relu(self, x).mean(axis=(1, 2))
-        return jnn.Dense(self.C, self.num_classes, name="classifier")(x)
+        return _head(self, x, self.C, self.num_classes, self.use_bn)
 
 
 class _FreeOp(nn.Module):
