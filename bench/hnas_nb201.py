@@ -32,6 +32,9 @@ METHODS = [("hnas[ntk_trace]", "hnas", "ntk_trace", {}),
            ("argmax_metric[ntk_trace]", "argmax_metric", "ntk_trace", {}),
            ("argmin_kappa", "argmin_kappa", "ntk_trace", {}),
            ("metric_order[ntk_trace]", "metric_order", "ntk_trace", {})]
+# with another metric M when the table has it for the whole space
+OTHER_M = [("hnas[{m}], log nu (ours)", "hnas", "{m}", {"nu_scale": "log"}),
+           ("metric_order[{m}]", "metric_order", "{m}", {})]
 PUBLISHED = {"HNAS (paper)": (94.04, 71.75, 45.91), "target": (94.30, 72.9, 46.1),
              "ceiling A": (94.37, 73.09, 46.33)}
 
@@ -61,7 +64,11 @@ def main() -> None:
     args = p.parse_args()
     seeds = range(args.seeds)
     res = {"A": {}, "B": {}}
-    for key, method, metric, over in METHODS:
+    table = nb201.metric_table()
+    methods = METHODS + [(k.format(m=m), meth, metric.format(m=m), over)
+                         for m in table.values if m not in ("ntk_trace", "ntk_cond")
+                         and table.coverage(m) > 0.99 for k, meth, metric, over in OTHER_M]
+    for key, method, metric, over in methods:
         print(key, flush=True)
         config = hnas.Config(**over)
         res["A"][key] = hnas.run_nb201(method, metric, "cifar10", budget=args.budget,

