@@ -2,10 +2,13 @@
 
 The empirical NTK (:mod:`jhnas.ntk`), the training-free metrics (:mod:`jhnas.metrics`),
 networks as pure functions (:mod:`jhnas.net`), search spaces (:mod:`jhnas.spaces`), CIFAR
-data (:mod:`jhnas.data`), rank agreement with benchmarks (:mod:`jhnas.correlation`), the Gaussian process (:mod:`jhnas.gp`), HNAS (:mod:`jhnas.hnas`) and
-its baselines (:mod:`jhnas.baselines`).
+data (:mod:`jhnas.data`), rank agreement with benchmarks (:mod:`jhnas.correlation`), the
+Gaussian process (:mod:`jhnas.gp`), HNAS (:mod:`jhnas.hnas`) and its baselines
+(:mod:`jhnas.baselines`), the exact relations between the metrics, the NTK, training and the
+HNAS objective (:mod:`jhnas.theory`), and scoring over several devices (:mod:`jhnas.parallel`).
 """
-from jhnas import baselines, correlation, data, gp, hnas, metrics, net, nn, ntk, spaces
+from jhnas import (baselines, correlation, data, gp, hnas, metrics, net, nn, ntk, parallel,
+                   spaces, theory)
 from jhnas.data import Batch, default_batch, load_batch
 from jhnas.metrics import METRICS, metrics_fn
 from jhnas.net import Block, Net, from_apply, from_blocks, from_flax
@@ -15,8 +18,8 @@ from jhnas.ntk import (Implementation, condition_number, eigenvalues, empirical_
 __version__ = "0.1.0"
 
 __all__ = [
-    "Batch", "Block", "Implementation", "METRICS", "Net", "baselines", "correlation", "condition_number", "data",
-    "default_batch", "eigenvalues", "empirical_ntk_fn", "from_apply", "from_blocks", "from_flax",
-    "gp", "hnas", "load_batch", "metrics", "metrics_fn", "net", "nn", "ntk", "spaces",
-    "trace_norm",
+    "Batch", "Block", "Implementation", "METRICS", "Net", "baselines", "condition_number",
+    "correlation", "data", "default_batch", "eigenvalues", "empirical_ntk_fn", "from_apply",
+    "from_blocks", "from_flax", "gp", "hnas", "load_batch", "metrics", "metrics_fn", "net", "nn",
+    "ntk", "parallel", "spaces", "theory", "trace_norm",
 ]

@@ -5,12 +5,14 @@
   jhnas score --space nb201 (--archs FILE | --sample N) --metrics a,b,... [--batch FILE.npz]
               [--batch-size 64] [--cells 5] [--compile blocks|network] [--seed S]
               --out FILE.csv
+  jhnas theory [--arch ARCH|mlp] [--seed S] [--batch FILE.npz] [--batch-size 8]
 
 Bad input (architecture string, path, metric name) ends with a one-line error and exit code 2.
 """
 from __future__ import annotations
 
 import argparse
+import functools
 import sys
 from pathlib import Path
 
@@ -108,6 +110,85 @@ def _search(args) -> None:
           + f", cost {m['cost']:.0f} s -> {out}", file=sys.stderr)
 
 
+@functools.lru_cache(maxsize=8)
+def _theory_net(arch: str, size, num_classes: int):
+    """The network of ``jhnas theory`` (cached: repeated calls in one process reuse its
+    compiled checker functions). ``size`` is the MLP width or NB201's (cells, channels)."""
+    from jhnas.net import from_flax
+    from jhnas.spaces import nb201
+
+    if arch != "mlp":
+        return nb201.make_net(arch, compile="network", C=size[1], N=size[0],
+                              num_classes=num_classes)
+    import flax.linen as nn
+    import jax.numpy as jnp
+
+    from jhnas import nn as jnn
+
+    class MLP(nn.Module):
+        @nn.compact
+        def __call__(self, h):
+            h = h.reshape(h.shape[0], -1)
+            h = jnp.tanh(jnn.Dense(h.shape[-1], size)(h))
+            h = jnp.tanh(jnn.Dense(size, size)(h))
+            return jnn.Dense(size, num_classes)(h)
+
+    return from_flax(MLP())
+
+
+def _theory(args) -> int:
+    """``jhnas theory``: checks the relations of :mod:`jhnas.theory` on one small network in
+    float64 and prints lhs / rhs / slack per bound; exit code 1 if one is violated."""
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+
+    from jhnas import data, theory
+    from jhnas.spaces import nb201
+
+    for name in ("batch_size", "image_size", "channels", "cells", "width", "steps"):
+        if getattr(args, name) < 1:
+            raise UsageError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
+    if 32 % args.image_size:
+        raise UsageError(f"--image-size must divide 32 (images are subsampled), got "
+                         f"{args.image_size}")
+    if args.batch:
+        if not Path(args.batch).is_file():
+            raise UsageError(f"--batch: no such file {args.batch}")
+        batch = data.load_batch(args.batch)
+        if len(batch.y) < args.batch_size:
+            raise UsageError(f"--batch {args.batch} has {len(batch.y)} samples, fewer than "
+                             f"--batch-size {args.batch_size}")
+    else:
+        batch = data.default_batch(args.batch_size)
+    step = max(batch.x.shape[1] // args.image_size, 1)
+    x = np.asarray(batch.x[: args.batch_size, ::step, ::step], np.float32)
+    y = np.asarray(batch.y[: args.batch_size], np.int32)
+    num_classes = max(10, int(y.max()) + 1)
+    if args.arch == "mlp":
+        what = f"MLP {x[0].size}-{args.width}-{args.width}-{num_classes} (tanh)"
+        net = _theory_net("mlp", args.width, num_classes)
+    else:
+        arch = nb201.format_arch(nb201.parse(args.arch))
+        net = _theory_net(arch, (args.cells, args.channels), num_classes)
+        what = (f"NB201 {arch}, {args.cells} cell(s) per stage, C={args.channels}, "
+                f"train-mode BatchNorm")
+    with jax.enable_x64(True):
+        init = jax.jit(net.init, compiler_options=theory.COMPILER_OPTIONS)  # eager init: slow
+        params = theory.as_float64(init(jax.random.key(args.seed), x[:1]))
+        b = (theory.as_float64(jnp.asarray(x)), jnp.asarray(y))
+        checks = theory.check_all(net, params, b, hessian_max=args.hessian_max, steps=args.steps)
+    rows = theory.table(checks, tol=args.tol)
+    n_params = sum(int(np.size(a)) for a in jax.tree.leaves(params))
+    print(f"{what}; {n_params} parameters; batch of {len(y)} images "
+          f"{x.shape[1]}x{x.shape[2]}; seed {args.seed}; float64; tolerance {args.tol:g} relative")
+    print(theory.format_table(rows))
+    bad = [r for r in rows if r["status"] == "VIOLATED"]
+    print(f"{len(rows) - len(bad)} of {len(rows)} rows hold or are skipped; "
+          f"{len(bad)} violated", file=sys.stderr)
+    return 1 if bad else 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="jhnas", description=__doc__.splitlines()[0])
     sub = p.add_subparsers(dest="command", required=True)
@@ -153,20 +234,39 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--out", required=True, help="results JSON")
     r.add_argument("--quiet", action="store_true", help="no progress bar")
     r.set_defaults(func=_search)
+
+    t = sub.add_parser("theory", help="check the NTK bounds of jhnas.theory on a small network")
+    t.add_argument("--arch", default="|nor_conv_3x3~0|+|nor_conv_3x3~0|avg_pool_3x3~1|+"
+                                     "|skip_connect~0|nor_conv_1x1~1|nor_conv_3x3~2|",
+                   help="an NB201 architecture string, or 'mlp'")
+    t.add_argument("--seed", type=int, default=0, help="initialisation key")
+    t.add_argument("--batch", help=".npz batch file (as for score); default: the embedded "
+                                   "CIFAR-10 images")
+    t.add_argument("--batch-size", type=int, default=8)
+    t.add_argument("--image-size", type=int, default=8,
+                   help="images are subsampled to this size (a divisor of 32)")
+    t.add_argument("--cells", type=int, default=1, help="NB201 cells per stage")
+    t.add_argument("--channels", type=int, default=4, help="NB201 channels C")
+    t.add_argument("--width", type=int, default=16, help="MLP hidden width")
+    t.add_argument("--steps", type=int, default=20, help="gradient-descent steps checked")
+    t.add_argument("--hessian-max", type=int, default=1500,
+                   help="largest parameter count for the dense-Hessian GraSP rows")
+    t.add_argument("--tol", type=float, default=1e-9, help="relative tolerance")
+    t.set_defaults(func=_theory)
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        args.func(args)
+        rc = args.func(args)
     except (UsageError, ArchError, FileNotFoundError, ValueError) as e:
         print(f"jhnas: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("jhnas: interrupted; finished rows are saved, rerun to resume", file=sys.stderr)
         return 130
-    return 0
+    return rc or 0
 
 
 if __name__ == "__main__":

@@ -29,6 +29,12 @@ Three implementations (:class:`Implementation`):
 All three agree to float32 rounding on networks without batch coupling (tested against a
 float64 ``jacrev`` oracle). Spectra are computed on the host in float64.
 
+``backend="neural_tangents"`` computes ``JACOBIAN`` (the batched function, ``vmap_axes=None``) or
+``PER_SAMPLE`` (``vmap_axes=0``: each sample alone) with neural-tangents' ``empirical_ntk_fn``
+instead (``nt_implementation``: ``"structured_derivatives"``, ``"jacobian_contraction"``,
+``"ntk_vector_products"`` or ``"auto"``). It is optional: ``pip install --no-deps
+neural-tangents==0.6.5 frozendict`` (see :mod:`jhnas._nt_compat`); jhnas imports without it.
+
 Example::
 
   >>> import jax, jax.numpy as jnp, flax.linen as nn
@@ -56,6 +62,9 @@ from jhnas.net import LayerSpec, Net, from_apply
 
 OUTPUTS = ("label", "sum", "all")
 PARAM_SETS = ("layers", "kernels", "all")
+BACKENDS = ("jhnas", "neural_tangents")
+NT_IMPLEMENTATIONS = ("structured_derivatives", "jacobian_contraction", "ntk_vector_products",
+                      "auto")
 
 
 class Implementation(enum.Enum):
@@ -165,27 +174,40 @@ def per_sample_layer_grads(spec: LayerSpec, a: jax.Array, delta: jax.Array):
     return kernel.reshape(n, -1), bias
 
 
-def gram_from_taps(specs, inputs, deltas, *, biases: bool = True) -> jax.Array:
+def gram_from_taps(specs, inputs, deltas, *, biases: bool = True,
+                   scan_offsets: bool = False) -> jax.Array:
     """The decomposition's Gram from one tapped pass.
 
     ``inputs[path]`` is a layer's input (N, ...); ``deltas[path]`` its output cotangents for
     ``outs`` output directions, (outs, N, ...). Rows are ordered sample-major (``i * outs + o``).
+    ``scan_offsets``: see :func:`_layer_gram`.
     """
     gram = 0.0
     for path, spec in specs.items():
-        gram = gram + _layer_gram(spec, inputs[path], deltas[path], spec.use_bias and biases)
+        gram = gram + _layer_gram(spec, inputs[path], deltas[path], spec.use_bias and biases,
+                                  scan_offsets)
     return gram
 
 
-@functools.partial(jax.jit, static_argnums=(0, 3))
-def _layer_gram(spec: LayerSpec, a: jax.Array, deltas: jax.Array, bias: bool) -> jax.Array:
+@functools.partial(jax.jit, static_argnums=(0, 3, 4))
+def _layer_gram(spec: LayerSpec, a: jax.Array, deltas: jax.Array, bias: bool,
+                scan_offsets: bool = False) -> jax.Array:
     """One layer's Gram of per-sample gradients, (N * outs, N * outs), sample-major rows.
 
     jitted per layer: one compilation per layer shape, shared by every network that has it.
     Convolutions sum the Grams of each kernel offset (the input shifted by that offset against
     the output cotangent): the same numbers as :func:`per_sample_layer_grads` without building
     the window-times larger patch tensor (3-5x faster for 3x3 kernels on CPU).
+
+    ``scan_offsets=True`` loops over the offsets with ``lax.scan`` instead of unrolling them.
+    Same numbers (bit for bit on XLA:CPU); inside one jit-compiled network XLA can then no longer
+    hoist the shifted copies of every layer input into the forward pass and keep them alive
+    through the backward pass: the NB201 NTK at batch 256 needs 2.1 GB of XLA temporaries
+    instead of 4.4 GB (``bench/results/parallel.md``).
     """
+    if scan_offsets and spec.kind == "conv" and math.prod(spec.kernel_size) > 1 and \
+            all(d == 1 for d in spec.input_dilation):
+        return _layer_gram_scan(spec, a, deltas, bias)
     n, outs = a.shape[0], deltas.shape[0]
     flat = lambda r: r.reshape(n * outs, -1)  # (n, outs, ...) -> sample-major rows
     gram = 0.0
@@ -211,6 +233,34 @@ def _layer_gram(spec: LayerSpec, a: jax.Array, deltas: jax.Array, bias: bool) ->
     return gram
 
 
+def _layer_gram_scan(spec: LayerSpec, a: jax.Array, deltas: jax.Array, bias: bool) -> jax.Array:
+    """:func:`_layer_gram` of a convolution, one kernel offset per ``lax.scan`` step."""
+    n, outs = a.shape[0], deltas.shape[0]
+    flat = lambda r: r.reshape(n * outs, -1)
+    gram = jnp.zeros((n * outs, n * outs), deltas.dtype)
+    if bias:
+        b = deltas.reshape(outs, n, -1, deltas.shape[-1]).sum(2)
+        gram = gram + _gram_of_rows([flat(jnp.swapaxes(b, 0, 1))])
+    g = spec.groups
+    window = [(k - 1) * r + 1 for k, r in zip(spec.kernel_size, spec.kernel_dilation)]
+    pads = (lax.padtype_to_pads(a.shape[1:-1], window, spec.strides, spec.padding)
+            if isinstance(spec.padding, str) else spec.padding)
+    a = jnp.pad(a, ((0, 0), *pads, (0, 0)))
+    out_shape = deltas.shape[2:-1]
+    d = deltas.reshape(outs, n, -1, g, deltas.shape[-1] // g)
+    sizes = [(m - 1) * s + 1 for m, s in zip(out_shape, spec.strides)]
+    starts = np.array([[o * r for o, r in zip(offset, spec.kernel_dilation)]
+                       for offset in np.ndindex(*spec.kernel_size)], np.int32)
+
+    def step(gram, start):
+        x = lax.dynamic_slice(a, (0, *start, 0), (n, *sizes, a.shape[-1]))
+        x = x[(slice(None), *(slice(None, None, s) for s in spec.strides))]
+        x = x.reshape(n, -1, g, a.shape[-1] // g)
+        return gram + _gram_of_rows([flat(jnp.einsum("nsgc,onsgk->nogck", x, d))]), None
+
+    return lax.scan(step, gram, jnp.asarray(starts))[0]
+
+
 def output_cotangents(logits: jax.Array, y: jax.Array | None, output: str) -> jax.Array:
     """Cotangents (outs, N, K) of the logits whose VJPs give the NTK outputs' gradients."""
     n, k = logits.shape
@@ -225,7 +275,7 @@ def output_cotangents(logits: jax.Array, y: jax.Array | None, output: str) -> ja
     raise ValueError(f"output must be one of {OUTPUTS}, got {output!r}")
 
 
-def _decomposition_gram(net: Net, params, x, y, *, output, which):
+def _decomposition_gram(net: Net, params, x, y, *, output, which, scan_offsets=False):
     if net.tapped is None:
         raise ValueError("the decomposition needs a tappable net: build it with "
                          "jhnas.net.from_flax(module); plain functions support 'jacobian' and "
@@ -236,7 +286,8 @@ def _decomposition_gram(net: Net, params, x, y, *, output, which):
     specs, dy0 = net.layers(params, x)
     logits, vjp, (taps, _) = tapped_vjp(net, params, x, dy0)
     deltas = jax.vmap(lambda c: vjp(c)[0])(output_cotangents(logits, y, output))
-    return gram_from_taps(specs, taps.inputs, deltas, biases=which == "layers")
+    return gram_from_taps(specs, taps.inputs, deltas, biases=which == "layers",
+                          scan_offsets=scan_offsets)
 
 
 def tapped_vjp(net: Net, params, x, dy0):
@@ -251,7 +302,9 @@ def tapped_vjp(net: Net, params, x, dy0):
 
 
 def empirical_ntk_fn(f: Net | Callable, *, implementation: Implementation | str = "decomposition",
-                     output: str = "label", params: str = "layers", chunk_size: int = 16
+                     output: str = "label", params: str = "layers", chunk_size: int = 16,
+                     backend: str = "jhnas", nt_implementation: str = "structured_derivatives",
+                     scan_offsets: bool = False
                      ) -> Callable[[Any, jax.Array, jax.Array | None], jax.Array]:
     """Returns ``ntk(params, x, y=None) -> Theta`` (float32, (M, M)), jit-compiled.
 
@@ -262,6 +315,12 @@ def empirical_ntk_fn(f: Net | Callable, *, implementation: Implementation | str 
       params: ``"layers"``, ``"kernels"`` or ``"all"``.
       chunk_size: reverse passes (JACOBIAN) or samples (PER_SAMPLE) vectorised at once; bounds
         memory to about ``chunk_size`` gradients.
+      backend: ``"jhnas"`` or ``"neural_tangents"`` (JACOBIAN and PER_SAMPLE only; optional
+        dependency, see the module docstring).
+      nt_implementation: neural-tangents' algorithm, one of :data:`NT_IMPLEMENTATIONS`.
+      scan_offsets: DECOMPOSITION only: loop over convolution kernel offsets with ``lax.scan``
+        (same values, about half the peak memory of a jit-compiled network, see
+        :func:`_layer_gram`).
     """
     impl = Implementation(implementation)
     net = f if isinstance(f, Net) else from_apply(f)
@@ -269,18 +328,56 @@ def empirical_ntk_fn(f: Net | Callable, *, implementation: Implementation | str 
         raise ValueError(f"output must be one of {OUTPUTS}, got {output!r}")
     if params not in PARAM_SETS:
         raise ValueError(f"params must be one of {PARAM_SETS}, got {params!r}")
+    if backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+    if backend == "neural_tangents":
+        return _nt_ntk_fn(net, impl, output=output, which=params,
+                          nt_implementation=nt_implementation)
 
     def ntk(p, x, y=None):
         if output == "label" and y is None:
             raise ValueError("output='label' needs the labels y")
         if impl is Implementation.DECOMPOSITION:
-            return _decomposition_gram(net, p, x, y, output=output, which=params)
+            return _decomposition_gram(net, p, x, y, output=output, which=params,
+                                       scan_offsets=scan_offsets)
         fn = _jacobian_gram if impl is Implementation.JACOBIAN else _per_sample_gram
         return fn(net.apply, p, x, y, output=output, mask=param_mask(p, params),
                   chunk_size=chunk_size)
 
     # a net of compiled blocks runs the glue eagerly (an outer jit would compile it whole again)
     return ntk if net.compiled else jax.jit(ntk)
+
+
+def _nt_ntk_fn(net: Net, impl: Implementation, *, output: str, which: str,
+               nt_implementation: str):
+    """The NTK by neural-tangents' ``empirical_ntk_fn`` (jit-compiled whole)."""
+    if impl is Implementation.DECOMPOSITION:
+        raise ValueError("neural-tangents has no per-layer decomposition: use "
+                         "implementation='jacobian' (the batched function) or 'per_sample'")
+    if nt_implementation not in NT_IMPLEMENTATIONS:
+        raise ValueError(f"nt_implementation must be one of {NT_IMPLEMENTATIONS}, got "
+                         f"{nt_implementation!r}")
+    from jhnas import _nt_compat
+    nt = _nt_compat.load()
+    nt_impl = nt.NtkImplementation[nt_implementation.upper()]
+    per_sample = impl is Implementation.PER_SAMPLE
+
+    def ntk(p, x, y=None):
+        if output == "label" and y is None:
+            raise ValueError("output='label' needs the labels y")
+        selected, merge = split_params(p, param_mask(p, which))
+
+        def f(s, xx, y):  # (N, outs); with vmap_axes NT calls it on one sample at a time
+            return select_outputs(net.apply(merge(s), xx), y, output).reshape(xx.shape[0], -1)
+
+        ys = y if y is not None else jnp.zeros(x.shape[0], jnp.int32)
+        kernel = nt.empirical_ntk_fn(f, trace_axes=(), implementation=nt_impl,
+                                     vmap_axes=(0, 0, {"y": 0}) if per_sample else None)
+        k = kernel(x, None, selected, y=ys)  # (N, N, outs, outs)
+        n, outs = k.shape[0], k.shape[-1]
+        return jnp.transpose(k, (0, 2, 1, 3)).reshape(n * outs, n * outs)
+
+    return jax.jit(ntk)
 
 
 # ----------------------------------------------------------------------------- spectrum (host)

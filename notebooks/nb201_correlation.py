@@ -37,16 +37,15 @@ print({k: v for k, v in table.protocol.items() if k.startswith("coverage") or k 
 # is negative and its hit rates use the negated value.
 
 # %%
-covered = np.all([np.isfinite(v) for v in table.values.values()], 0)
-values = {n: np.where(covered, v, np.nan) for n, v in table.values.items()}
-print(f"{covered.sum()} architectures covered")
+values = table.values  # NaN where a metric is not computed yet; left out pairwise
+print({n: int(np.isfinite(v).sum()) for n, v in values.items()}, "architectures covered")
 for name, per in correlation.agreement_table(values, correlation.nb201_targets(bench)).items():
     for target, r in per.items():
         print(f"{name:10s} {target:22s} rho {r['spearman']:+.3f}  tau {r['kendall']:+.3f}  "
               f"top-1% {r['top1%']:.2f}  top-5% {r['top5%']:.2f}")
 
 # %% [markdown]
-# ## M and kappa against CIFAR-10 test accuracy
+# ## Each metric against CIFAR-10 test accuracy
 
 # %%
 fig = correlation.scatter(values, bench.test200[:, 0])

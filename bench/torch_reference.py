@@ -1,0 +1,976 @@
+"""PyTorch reference of the official metrics on NB201, side by side with jhnas (issue 8).
+
+  taskset -c 1 python bench/torch_reference.py             # writes results/torch_vs_jax.{md,json}
+  python bench/torch_reference.py --archs 2 --network-archs 0 --float64-archs 1   # smoke run
+  taskset -c 1 python bench/torch_reference.py xla-flags   # XLA:CPU settings vs the gradient step
+  python bench/torch_reference.py report                   # rewrite the .md from the .json
+
+The reference is written the way the official HNAS / zero-cost-proxy code computes the metrics
+(REFERENCE.md section 2), not the way jhnas does:
+
+* the NB201 network as a ``torch.nn.Module`` (preset "hnas": cell convs with bias, non-affine cell
+  BatchNorm without running statistics; affine BatchNorm elsewhere), in train mode;
+* ``ntk_trace`` (M) and ``ntk_cond`` (kappa) each on a fresh copy of the network: forward hooks on
+  every Conv2d/Linear record the layer input and put a tensor hook on its output, one backward of
+  S = sum_i f_{y_i}(x_i), per-sample gradients = backprop signal (x) unfolded input, Gram G G^T.
+  M = sqrt(sum of eigenvalues / N); kappa = lambda_max / lambda_min, NaN -> 1e5. Eigenvalues are
+  taken in float64 here (the official code used float32 ``symeig``), as jhnas does;
+* ``grad_norm`` (sum of per-layer ||dL/dW||), ``snip`` (gradient w.r.t. a ones mask multiplying
+  each weight), ``grasp`` (two passes: g = dL/dW, then the gradient of <g, dL/dW> with
+  create_graph, -W * Hg), each on a fresh copy;
+* a ``torch.func`` variant: ``vmap(grad)`` of the single-sample true-label logit (each sample
+  normalised by its own BatchNorm statistics), the counterpart of jhnas's ``per_sample``
+  implementation (not of the official decomposition).
+
+Weights: jhnas initialises the network (``nb201.make_net``, PyTorch-default init with key
+``jhnas.score.arch_key(0, arch)``) and the same values are copied into the torch module (Flax HWIO
+kernels -> OIHW, Dense (in, out) -> Linear (out, in)). Images: ``jhnas.data.default_batch(64)``.
+
+Speed protocol: one process pinned to one core (taskset), ``torch.set_num_threads(1)`` and
+XLA_FLAGS ``--xla_cpu_multi_thread_eigen=false`` (and the taskset); for each
+architecture both frameworks run back to back, so machine load affects both alike (the load is
+recorded). Per-architecture seconds are amortised: total time over the architectures, jhnas
+compilations included (compiled blocks: compilations happen in the first architectures only;
+``compile="network"``: one compilation per architecture and metric, measured on the first
+``--network-archs`` architectures). Peak memory: torch, the peak RSS (``ru_maxrss``) of a child
+process minus its RSS before the metric (tracemalloc does not see torch's allocator); jhnas, XLA's
+memory analysis (arguments + outputs + temporaries) of the jit-compiled network-mode function, and
+the same RSS measure for the compiled-blocks path.
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import math
+import os
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import time
+import types
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn as tnn
+import torch.nn.functional as F
+
+RESULTS = Path(__file__).resolve().parent / "results"
+OUT = RESULTS / "torch_vs_jax"
+STATIC = "|nor_conv_3x3~0|+|nor_conv_3x3~0|avg_pool_3x3~1|+|skip_connect~0|nor_conv_1x1~1|nor_conv_3x3~2|"
+ONE_THREAD_XLA = "--xla_cpu_multi_thread_eigen=false"
+EDGES = ((1, 0), (2, 0), (2, 1), (3, 0), (3, 1), (3, 2))
+TORCH_METRICS = ("grad_norm", "snip", "grasp", "ntk_trace", "ntk_cond")
+NAN_KAPPA = 1e5  # what the official code returns for a NaN condition number
+
+
+# ----------------------------------------------------------------------------- the network
+
+class ReLUConvBN(tnn.Module):
+    """relu -> conv k x k (padding (k-1)//2) -> BatchNorm; names mirror jhnas's Flax module."""
+
+    def __init__(self, c_in, c_out, k, stride=1, conv_bias=False, affine=True, track=True):
+        super().__init__()
+        self.conv = tnn.Conv2d(c_in, c_out, k, stride, (k - 1) // 2, bias=conv_bias)
+        self.bn = tnn.BatchNorm2d(c_out, affine=affine, track_running_stats=track)
+
+    def forward(self, x):
+        return self.bn(self.conv(F.relu(x)))
+
+
+class Cell(tnn.Module):
+    """x_i = sum_{j<i} op_{j->i}(x_j); dead edges are computed (none = multiply by 0)."""
+
+    def __init__(self, ops, c):
+        super().__init__()
+        self.ops = tuple(ops)
+        for (i, j), op in zip(EDGES, self.ops):
+            if op in ("nor_conv_1x1", "nor_conv_3x3"):
+                k = 1 if op == "nor_conv_1x1" else 3
+                self.add_module(f"edge_{i}_{j}", ReLUConvBN(c, c, k, conv_bias=True, affine=False,
+                                                            track=False))
+
+    def forward(self, x):
+        nodes = [x]
+        for node in (1, 2, 3):
+            terms = []
+            for (i, j), op in zip(EDGES, self.ops):
+                if i != node:
+                    continue
+                h = nodes[j]
+                if op == "none":
+                    h = h * 0.0
+                elif op == "avg_pool_3x3":
+                    h = F.avg_pool2d(h, 3, 1, 1, count_include_pad=False)
+                elif op != "skip_connect":
+                    h = getattr(self, f"edge_{i}_{j}")(h)
+                terms.append(h)
+            nodes.append(sum(terms[1:], terms[0]))
+        return nodes[3]
+
+
+class Reduction(tnn.Module):
+    def __init__(self, c_in, c_out):
+        super().__init__()
+        self.conv_a = ReLUConvBN(c_in, c_out, 3, 2)
+        self.conv_b = ReLUConvBN(c_out, c_out, 3, 1)
+        self.shortcut = tnn.Conv2d(c_in, c_out, 1, bias=False)
+
+    def forward(self, x):
+        return self.shortcut(F.avg_pool2d(x, 2, 2)) + self.conv_b(self.conv_a(x))
+
+
+class NB201(tnn.Module):
+    """The NB201 network of the official zero-cost / HNAS code (NCHW)."""
+
+    def __init__(self, arch: str, C: int = 16, N: int = 5, num_classes: int = 10):
+        super().__init__()
+        from jhnas.spaces.nb201 import parse  # the string grammar is shared
+        ops = parse(arch)
+        self.stem_conv = tnn.Conv2d(3, C, 3, padding=1, bias=False)
+        self.stem_bn = tnn.BatchNorm2d(C)
+        self.order = []
+        c = C
+        for stage in (1, 2, 3):
+            if stage > 1:
+                self.add_module(f"reduce{stage - 1}", Reduction(c, 2 * c))
+                self.order.append(f"reduce{stage - 1}")
+                c *= 2
+            for k in range(N):
+                self.add_module(f"cell{stage}_{k}", Cell(ops, c))
+                self.order.append(f"cell{stage}_{k}")
+        self.head_bn = tnn.BatchNorm2d(c)
+        self.classifier = tnn.Linear(c, num_classes)
+
+    def forward(self, x):
+        x = self.stem_bn(self.stem_conv(x))
+        for name in self.order:
+            x = getattr(self, name)(x)
+        x = F.relu(self.head_bn(x)).mean((2, 3))
+        return self.classifier(x)
+
+
+def load_flax_params(module: tnn.Module, params) -> tnn.Module:
+    """Copies a jhnas Flax parameter tree into ``module`` (same module paths): conv kernels
+    (kh, kw, in, out) -> (out, in, kh, kw), Dense (in, out) -> (out, in), BatchNorm scale -> weight.
+    Every torch parameter must receive a value."""
+    from flax import traverse_util
+    flat = traverse_util.flatten_dict(jax_device_get(params))
+    named = dict(module.named_parameters())
+    seen = set()
+    with torch.no_grad():
+        for path, value in flat.items():
+            value = np.asarray(value)
+            leaf = {"kernel": "weight", "scale": "weight", "bias": "bias"}[path[-1]]
+            name = ".".join(path[:-1]) + "." + leaf
+            if value.ndim == 4:
+                value = value.transpose(3, 2, 0, 1)
+            elif value.ndim == 2:
+                value = value.T
+            target = named[name]
+            if tuple(target.shape) != value.shape:
+                raise ValueError(f"{name}: torch {tuple(target.shape)} vs flax {value.shape}")
+            target.copy_(torch.from_numpy(np.array(value, copy=True)).to(target.dtype))
+            seen.add(name)
+    missing = set(named) - seen
+    if missing:
+        raise ValueError(f"torch parameters without a Flax value: {sorted(missing)}")
+    return module
+
+
+def jax_device_get(tree):
+    import jax
+    return jax.device_get(tree)
+
+
+def torch_net(arch: str, params, *, C=16, N=5, num_classes=10, dtype=torch.float32) -> NB201:
+    net = NB201(arch, C, N, num_classes).to(dtype)
+    return load_flax_params(net, params).train()
+
+
+def torch_batch(batch, dtype=torch.float32):
+    """jhnas Batch (NHWC) -> torch (NCHW) tensors."""
+    x = torch.from_numpy(np.ascontiguousarray(np.asarray(batch.x).transpose(0, 3, 1, 2)))
+    return x.to(dtype), torch.from_numpy(np.asarray(batch.y, np.int64))
+
+
+# ----------------------------------------------------------------------------- metrics (official)
+
+def _layers(net):
+    return [m for m in net.modules() if isinstance(m, (tnn.Conv2d, tnn.Linear))]
+
+
+def hook_gram(net, x, y) -> torch.Tensor:
+    """The official per-sample NTK decomposition: hooks, one backward of sum_i f_{y_i}(x_i)."""
+    acts, backs, handles = {}, {}, []
+
+    def forward_hook(mod, inputs, out):
+        acts[mod] = inputs[0].detach()
+        out.register_hook(lambda g: backs.__setitem__(mod, g.detach()))
+
+    for m in _layers(net):
+        handles.append(m.register_forward_hook(forward_hook))
+    try:
+        net.zero_grad()
+        out = net(x)
+        out[torch.arange(x.shape[0]), y].sum().backward()
+    finally:
+        for h in handles:
+            h.remove()
+    n, rows = x.shape[0], []
+    for m in _layers(net):
+        if m not in backs:
+            continue
+        a, b = acts[m], backs[m]
+        if isinstance(m, tnn.Linear):
+            rows.append(torch.einsum("no,ni->noi", b, a).reshape(n, -1))
+            bias = b
+        else:
+            if m.groups != 1:
+                raise NotImplementedError("grouped convolutions")
+            cols = F.unfold(a, m.kernel_size, dilation=m.dilation, padding=m.padding,
+                            stride=m.stride)  # (n, C_in * k * k, L)
+            b = b.reshape(n, m.out_channels, -1)
+            rows.append(torch.einsum("nol,nil->noi", b, cols).reshape(n, -1))
+            bias = b.sum(2)
+        if m.bias is not None:
+            rows.append(bias)
+    g = torch.cat(rows, 1)
+    return g @ g.T
+
+
+def _eig(gram):
+    return torch.linalg.eigvalsh(gram.double())
+
+
+def ntk_trace(net, x, y) -> float:
+    net = copy.deepcopy(net)  # the official measure wrapper works on a copy of the network
+    lam = _eig(hook_gram(net, x, y))
+    return math.sqrt(lam.sum().item() / x.shape[0])
+
+
+def ntk_cond(net, x, y) -> float:
+    net = copy.deepcopy(net)
+    lam = _eig(hook_gram(net, x, y))
+    return float(np.nan_to_num((lam[-1] / lam[0]).item(), nan=NAN_KAPPA))
+
+
+def ntk_both(net, x, y) -> tuple[float, float]:
+    """M and kappa from one Gram (what jhnas does; the official code computes the Gram twice)."""
+    lam = _eig(hook_gram(copy.deepcopy(net), x, y))
+    return (math.sqrt(lam.sum().item() / x.shape[0]),
+            float(np.nan_to_num((lam[-1] / lam[0]).item(), nan=NAN_KAPPA)))
+
+
+def grad_norm(net, x, y) -> float:
+    net = copy.deepcopy(net)
+    net.zero_grad()
+    F.cross_entropy(net(x), y).backward()
+    return float(sum(m.weight.grad.norm() for m in _layers(net)))
+
+
+def _masked_conv(self, x):
+    return F.conv2d(x, self.weight * self.weight_mask, self.bias, self.stride, self.padding,
+                    self.dilation, self.groups)
+
+
+def _masked_linear(self, x):
+    return F.linear(x, self.weight * self.weight_mask, self.bias)
+
+
+def snip(net, x, y) -> float:
+    net = copy.deepcopy(net)
+    for m in _layers(net):
+        m.weight_mask = tnn.Parameter(torch.ones_like(m.weight))
+        m.weight.requires_grad_(False)
+        m.forward = types.MethodType(_masked_conv if isinstance(m, tnn.Conv2d) else _masked_linear, m)
+    net.zero_grad()
+    F.cross_entropy(net(x), y).backward()
+    return float(sum(m.weight_mask.grad.abs().sum() for m in _layers(net)))
+
+
+def grasp(net, x, y) -> float:
+    net = copy.deepcopy(net)
+    weights = [m.weight for m in _layers(net)]
+    net.zero_grad()
+    g = torch.autograd.grad(F.cross_entropy(net(x), y), weights)
+    g_f = torch.autograd.grad(F.cross_entropy(net(x), y), weights, create_graph=True)
+    z = sum((a.detach() * b).sum() for a, b in zip(g, g_f))
+    z.backward()
+    return float(sum((-w.detach() * w.grad).sum() for w in weights))
+
+
+def func_gram(net, x, y, chunk_size: int | None = None) -> torch.Tensor:
+    """Per-sample NTK by torch.func: vmap(grad) of the single-sample true-label logit (each sample
+    normalised by its own BatchNorm statistics, like jhnas's ``per_sample``)."""
+    from torch.func import functional_call, grad, replace_all_batch_norm_modules_, vmap
+    net = replace_all_batch_norm_modules_(copy.deepcopy(net))
+    layer_params = {f"{name}.{k}" for name, m in net.named_modules()
+                    if isinstance(m, (tnn.Conv2d, tnn.Linear)) for k, _ in m.named_parameters()}
+    params = {k: v.detach() for k, v in net.named_parameters() if k in layer_params}
+    rest = {k: v.detach() for k, v in net.named_parameters() if k not in layer_params}
+
+    def logit(p, xi, onehot_i):
+        return (functional_call(net, {**p, **rest}, (xi[None],))[0] * onehot_i).sum()
+
+    onehot = F.one_hot(y, net.classifier.out_features).to(x.dtype)
+    grads = vmap(grad(logit), in_dims=(None, 0, 0), chunk_size=chunk_size)(params, x, onehot)
+    g = torch.cat([v.reshape(x.shape[0], -1) for v in grads.values()], 1)
+    return g @ g.T
+
+
+TORCH_FNS = {"grad_norm": grad_norm, "snip": snip, "grasp": grasp, "ntk_trace": ntk_trace,
+             "ntk_cond": ntk_cond}
+
+
+def torch_metrics(net, x, y) -> dict[str, float]:
+    return {name: fn(net, x, y) for name, fn in TORCH_FNS.items()}
+
+
+# ----------------------------------------------------------------------------- jhnas side
+
+def jhnas_setup(arch, batch, *, compile="blocks", C=16, N=5, seed=0, dtype=None):
+    """(net, params): the jhnas network of ``arch`` and its parameters (key arch_key(seed, arch))."""
+    import jax
+    import jax.numpy as jnp
+    from jhnas import score
+    from jhnas.spaces import nb201
+    net = nb201.make_net(arch, bn="train", compile=compile, C=C, N=N)
+    params = net.init(score.arch_key(seed, arch), np.asarray(batch.x[:1]))
+    if dtype is not None:
+        params = jax.tree.map(lambda a: jnp.asarray(a, dtype), params)
+    return net, params
+
+
+def rel(a: float, b: float) -> float:
+    """|a - b| / max(|a|, |b|) (0 when both are 0)."""
+    d = max(abs(a), abs(b))
+    return abs(a - b) / d if d else 0.0
+
+
+# ----------------------------------------------------------------------------- benchmark
+
+def _timed(fn, *args):
+    t = time.perf_counter()
+    out = fn(*args)
+    return out, time.perf_counter() - t
+
+
+def _load() -> dict:
+    la = os.getloadavg()
+    others = []
+    try:
+        ps = subprocess.run(["ps", "-eo", "pid,pcpu,args", "--sort=-pcpu"], capture_output=True,
+                            text=True, timeout=10).stdout.splitlines()[1:6]
+        others = [p.strip()[:120] for p in ps if str(os.getpid()) not in p.split()[0]]
+    except Exception:  # noqa: BLE001 -- informative only
+        pass
+    return {"loadavg": la, "top_processes": others}
+
+
+def _compile_events():
+    import jax
+    from jax._src.dispatch import BACKEND_COMPILE_EVENT
+    events: list[float] = []
+
+    def listener(event, duration, **kw):
+        if event == BACKEND_COMPILE_EVENT:
+            events.append(duration)
+
+    jax.monitoring.register_event_duration_secs_listener(listener)
+    return events
+
+
+def bench_blocks(archs, batch, cells=5) -> list[dict]:
+    """Per architecture: torch (official style) and jhnas compiled blocks, back to back."""
+    from jhnas import ntk as jntk
+    from jhnas.metrics import metrics_fn
+    events = _compile_events()
+    xt, yt = torch_batch(batch)
+    rows = []
+    for i, arch in enumerate(archs):
+        r = {"arch": arch, "torch_s": {}, "jax_s": {}, "torch": {}, "jax": {}}
+        before = len(events)
+        (net, params), r["jax_s"]["build"] = _timed(lambda: jhnas_setup(arch, batch, N=cells))
+        tnet, r["torch_s"]["build"] = _timed(lambda: torch_net(arch, params, N=cells))
+        for name, fn in TORCH_FNS.items():
+            r["torch"][name], r["torch_s"][name] = _timed(fn, tnet, xt, yt)
+        (m, k), r["torch_s"]["ntk_both"] = _timed(ntk_both, tnet, xt, yt)
+        r["torch_s"]["ntk_official"] = r["torch_s"]["ntk_trace"] + r["torch_s"]["ntk_cond"]
+        for name in TORCH_METRICS:
+            r["jax"][name], r["jax_s"][name] = _timed(
+                lambda n: metrics_fn(net, [n])(params, batch)[n], name)
+        both, r["jax_s"]["ntk_both"] = _timed(
+            lambda: metrics_fn(net, ["ntk_trace", "ntk_cond"])(params, batch))
+        _, r["jax_s"]["all5"] = _timed(lambda: metrics_fn(net, list(TORCH_METRICS))(params, batch))
+        r["jax_compiles"] = len(events) - before
+        r["jax_compile_s"] = sum(events[before:])
+        r["kappa_guarded"] = r["jax"]["ntk_cond"] >= 0.999 / jntk.cond_floor(batch.x.shape[0])
+        r["rel"] = {n: rel(r["torch"][n], r["jax"][n]) for n in TORCH_METRICS}
+        rows.append(r)
+        print(f"{i + 1:3d} torch {sum(r['torch_s'][n] for n in TORCH_METRICS):6.1f} s  jax "
+              f"{sum(r['jax_s'][n] for n in TORCH_METRICS):6.1f} s  compiles {r['jax_compiles']:3d}"
+              f"  max rel {max(r['rel'].values()):.1e}", flush=True)
+    return rows
+
+
+def bench_network(archs, batch, cells=5) -> list[dict]:
+    """jhnas ``compile="network"`` (one compilation per architecture and function) for each
+    metric function, the torch.func per-sample variant and jhnas ``per_sample``; compile and run
+    seconds, XLA memory analysis. Torch is timed back to back on the same architecture."""
+    import jax
+    import jax.numpy as jnp
+    from jhnas import metrics as jm
+    from jhnas import ntk as jntk
+    x, y = jnp.asarray(batch.x), jnp.asarray(batch.y, jnp.int32)
+    xt, yt = torch_batch(batch)
+    rows = []
+    for arch in archs:
+        net, params = jhnas_setup(arch, batch, compile="network", N=cells)
+        tnet = torch_net(arch, params, N=cells)
+        r = {"arch": arch, "jax": {}, "torch_s": {}, "values": {}}
+        fns = {"loss (grad_norm/snip)": jax.jit(jm._device_passes(net, frozenset({"loss"}), 2)),
+               "grasp": jax.jit(jm._device_passes(net, frozenset({"grasp"}), 2)),
+               "ntk (M+kappa)": jax.jit(jm._device_passes(net, frozenset({"ntk"}), 2)),
+               "per_sample NTK": jntk.empirical_ntk_fn(net, implementation="per_sample")}
+        for name, f in fns.items():
+            t = time.perf_counter()
+            c = f.lower(params, x, y).compile()
+            compile_s = time.perf_counter() - t
+            out, first = _timed(lambda: jax.block_until_ready(c(params, x, y)))
+            _, run = _timed(lambda: jax.block_until_ready(c(params, x, y)))
+            m = c.memory_analysis()
+            r["jax"][name] = {"compile_s": compile_s, "run_s": run, "first_run_s": first,
+                              "peak_bytes": int(m.argument_size_in_bytes + m.output_size_in_bytes
+                                                + m.temp_size_in_bytes)}
+            if name == "per_sample NTK":
+                g = np.asarray(out, np.float64)
+                r["values"]["jax_per_sample_M"] = math.sqrt(np.trace(g) / g.shape[0])
+                r["values"]["jax_per_sample_kappa"] = jntk.condition_number(g)
+            print(arch[:40], name, {k: round(v, 2) for k, v in r["jax"][name].items()
+                                    if k != "peak_bytes"}, flush=True)
+        g, r["torch_s"]["torch.func per-sample NTK"] = _timed(func_gram, tnet, xt, yt)
+        lam = _eig(g)
+        r["values"]["torch_func_M"] = math.sqrt(lam.sum().item() / xt.shape[0])
+        r["values"]["torch_func_kappa"] = (lam[-1] / lam[0]).item()
+        for name in ("grad_norm", "grasp"):
+            _, r["torch_s"][name] = _timed(TORCH_FNS[name], tnet, xt, yt)
+        _, r["torch_s"]["ntk_both"] = _timed(ntk_both, tnet, xt, yt)
+        r["rel_per_sample"] = {"M": rel(r["values"]["torch_func_M"], r["values"]["jax_per_sample_M"]),
+                               "kappa": rel(r["values"]["torch_func_kappa"],
+                                            r["values"]["jax_per_sample_kappa"])}
+        rows.append(r)
+    return rows
+
+
+def bench_nt(arch, batch, cells=5) -> dict | None:
+    """neural-tangents (structured derivatives) on the network-mode net, exact batched Jacobian
+    NTK of the true-label logit (train-mode BatchNorm couples samples): seconds and memory."""
+    try:
+        from jhnas import _nt_compat
+        _nt_compat.load()
+    except ImportError as e:
+        return {"skipped": str(e)}
+    import jax
+    import jax.numpy as jnp
+    from jhnas import ntk as jntk
+    x, y = jnp.asarray(batch.x), jnp.asarray(batch.y, jnp.int32)
+    net, params = jhnas_setup(arch, batch, compile="network", N=cells)
+    out = {"arch": arch}
+    for impl in ("structured_derivatives",):
+        f = jntk.empirical_ntk_fn(net, implementation="jacobian", backend="neural_tangents",
+                                  nt_implementation=impl)
+        t = time.perf_counter()
+        c = f.lower(params, x, y).compile()
+        compile_s = time.perf_counter() - t
+        g, first = _timed(lambda: jax.block_until_ready(c(params, x, y)))
+        _, run = _timed(lambda: jax.block_until_ready(c(params, x, y)))
+        m = c.memory_analysis()
+        out[impl] = {"compile_s": compile_s, "run_s": run, "first_run_s": first,
+                     "peak_bytes": int(m.argument_size_in_bytes + m.output_size_in_bytes
+                                       + m.temp_size_in_bytes),
+                     "M": jntk.trace_norm(g), "kappa": jntk.condition_number(g)}
+        print("neural-tangents", impl, out[impl], flush=True)
+    return out
+
+
+def bench_float64(archs, batch, cells=5) -> list[dict]:
+    """Value agreement in float64 (torch double, jhnas with jax_enable_x64, compiled blocks)."""
+    import jax
+    from jhnas.metrics import metrics_fn
+    rows = []
+    with jax.enable_x64(True):
+        import jax.numpy as jnp
+        b64 = type(batch)(np.asarray(batch.x, np.float64), batch.y)
+        xt, yt = torch_batch(batch, torch.float64)
+        for arch in archs:
+            net, params = jhnas_setup(arch, batch, dtype=jnp.float64, N=cells)
+            tnet = torch_net(arch, params, dtype=torch.float64, N=cells)
+            t = torch_metrics(tnet, xt, yt)
+            j = metrics_fn(net, list(TORCH_METRICS))(params, b64)
+            rows.append({"arch": arch, "torch": t, "jax": j,
+                         "rel": {n: rel(t[n], j[n]) for n in TORCH_METRICS}})
+            print("float64", arch[:40], {n: f"{v:.1e}" for n, v in rows[-1]["rel"].items()},
+                  flush=True)
+    return rows
+
+
+# ----------------------------------------------------------------------------- memory (children)
+
+def _rss_bytes() -> int:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * resource.getpagesize()
+
+
+def child_memory(framework: str, what: str) -> dict:
+    """Run in a fresh process: RSS before ``what`` and the process's peak RSS after it."""
+    from jhnas import data
+    batch = data.default_batch(64)
+    if framework == "torch":
+        torch.set_num_threads(1)
+        net, params = jhnas_setup(STATIC, batch, compile="network")
+        tnet = torch_net(STATIC, params)
+        xt, yt = torch_batch(batch)
+        fn = {"torch.func": lambda: func_gram(tnet, xt, yt), "ntk_both": lambda: ntk_both(tnet, xt, yt),
+              **{k: (lambda f=f: f(tnet, xt, yt)) for k, f in TORCH_FNS.items()}}[what]
+        fn()  # warm-up: allocator pools, lazy initialisation
+        before = _rss_bytes()
+        peak0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+        fn()
+    else:
+        from jhnas.metrics import metrics_fn
+        net, params = jhnas_setup(STATIC, batch, compile="blocks")
+        names = ["ntk_trace", "ntk_cond"] if what == "ntk_both" else [what]
+        fn = lambda: metrics_fn(net, names)(params, batch)  # noqa: E731
+        fn()
+        before = _rss_bytes()
+        peak0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+        fn()
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    return {"rss_before": before, "peak_rss": peak, "peak_before": peak0,
+            "extra_bytes": peak - before}
+
+
+def memory_table() -> dict:
+    out = {}
+    for framework, items in (("torch", ["grad_norm", "snip", "grasp", "ntk_both", "torch.func"]),
+                             ("jax-blocks", ["grad_norm", "grasp", "ntk_both"])):
+        for what in items:
+            res = subprocess.run([sys.executable, __file__, "_memory", framework, what],
+                                 capture_output=True, text=True, env=os.environ.copy())
+            try:
+                out[f"{framework}:{what}"] = json.loads(res.stdout.strip().splitlines()[-1])
+            except (IndexError, json.JSONDecodeError):
+                out[f"{framework}:{what}"] = {"error": res.stderr[-500:]}
+            print("memory", framework, what, out[f"{framework}:{what}"].get("extra_bytes"),
+                  flush=True)
+    return out
+
+
+# ----------------------------------------------------------------------------- XLA:CPU settings
+
+XLA_VARIANTS = {
+    "default (one thread)": ONE_THREAD_XLA,
+    "default, repeated (noise)": ONE_THREAD_XLA,
+    "multi_thread_eigen on": "--xla_cpu_multi_thread_eigen=true",
+    "thunk runtime off": ONE_THREAD_XLA + " --xla_cpu_use_thunk_runtime=false",
+    "fast math on": ONE_THREAD_XLA + " --xla_cpu_enable_fast_math=true",
+    "xnnpack on": ONE_THREAD_XLA + " --xla_cpu_use_xnnpack=true",
+    "onednn on": ONE_THREAD_XLA + " --xla_cpu_use_onednn=true",
+    "opt preset fast runtime": ONE_THREAD_XLA + " --xla_cpu_opt_preset=CPU_OPT_PRESET_FAST_RUNTIME",
+    "prefer vector width 512": ONE_THREAD_XLA + " --xla_cpu_prefer_vector_width=512",
+}
+REPS = 5
+
+
+def child_grad_step(variant: str) -> dict:
+    """One child per XLA setting: compile + median run of jit(grad) of the loss in four
+    formulations (Flax NHWC, pure-JAX NHWC, pure-JAX NCHW, and the same with
+    jax_default_matmul_precision='highest'), and torch's gradient step in the same process."""
+    import jax
+    import jax.numpy as jnp
+    from jhnas import data
+    from jhnas.metrics import cross_entropy
+    torch.set_num_threads(1)
+    batch = data.default_batch(64)
+    net, params = jhnas_setup(STATIC, batch, compile="network")
+    x, y = jnp.asarray(batch.x), jnp.asarray(batch.y, jnp.int32)
+    xt, yt = torch_batch(batch)
+    tnet = torch_net(STATIC, params)
+    out = {"variant": variant, "xla_flags": os.environ.get("XLA_FLAGS", "")}
+
+    def torch_step():
+        tnet.zero_grad()
+        F.cross_entropy(tnet(xt), yt).backward()
+
+    forms = {"flax NHWC": (lambda p, x: net.apply(p, x), x),
+             "pure NHWC": (pure_forward("NHWC"), x),
+             "pure NCHW": (pure_forward("NCHW"), jnp.transpose(x, (0, 3, 1, 2)))}
+    ref = None
+    for form, (apply, xx) in forms.items():
+        if not variant.startswith("default (one") and form != "flax NHWC":
+            continue
+        g = jax.jit(jax.grad(lambda p, xx: cross_entropy(apply(p, xx), y)))
+        t = time.perf_counter()
+        c = g.lower(params, xx).compile()
+        compile_s = time.perf_counter() - t
+        val = jax.block_until_ready(c(params, xx))
+        torch_step()
+        runs, truns = [], []
+        for _ in range(REPS):  # alternate, so that load changes hit both
+            runs.append(_timed(lambda: jax.block_until_ready(c(params, xx)))[1])
+            truns.append(_timed(torch_step)[1])
+        leaves = [np.asarray(v, np.float64).ravel() for v in jax.tree.leaves(val)]
+        flat = np.concatenate(leaves)
+        if ref is None:
+            ref = flat
+        out[form] = {"compile_s": compile_s, "run_s": statistics.median(runs),
+                     "torch_s": statistics.median(truns),
+                     "ratio": statistics.median(runs) / statistics.median(truns),
+                     "grad_max_rel_diff_vs_first_form": float(np.abs(flat - ref).max()
+                                                              / np.abs(ref).max())}
+        print(variant, form, {k: round(v, 3) for k, v in out[form].items()}, flush=True)
+    if variant == "default (one thread)":
+        for prec in ("highest",):
+            with jax.default_matmul_precision(prec):
+                g = jax.jit(jax.grad(lambda p: cross_entropy(net.apply(p, x), y)))
+                c = g.lower(params).compile()
+                val = jax.block_until_ready(c(params))
+                runs, truns = [], []
+                for _ in range(REPS):
+                    runs.append(_timed(lambda: jax.block_until_ready(c(params)))[1])
+                    truns.append(_timed(torch_step)[1])
+            flat = np.concatenate([np.asarray(v, np.float64).ravel() for v in jax.tree.leaves(val)])
+            out[f"flax NHWC, matmul precision {prec}"] = {
+                "run_s": statistics.median(runs), "torch_s": statistics.median(truns),
+                "ratio": statistics.median(runs) / statistics.median(truns),
+                "grad_max_rel_diff_vs_first_form": float(np.abs(flat - ref).max() / np.abs(ref).max())}
+            print(variant, prec, out[f"flax NHWC, matmul precision {prec}"], flush=True)
+    return out
+
+
+def pure_forward(layout: str, N: int = 5):
+    """The NB201 STATIC network as plain lax calls on the jhnas parameter tree, NHWC or NCHW
+    (kernels transposed to OIHW inside for NCHW): isolates Flax overhead and layout."""
+    import jax.numpy as jnp
+    from jax import lax
+    from jhnas.spaces.nb201 import parse
+    ops = parse(STATIC)
+    nchw = layout == "NCHW"
+    dn = ("NCHW", "OIHW", "NCHW") if nchw else ("NHWC", "HWIO", "NHWC")
+    red = (0, 2, 3) if nchw else (0, 1, 2)
+    cshape = (lambda c: (1, c, 1, 1)) if nchw else (lambda c: (1, 1, 1, c))
+    sp = (2, 3) if nchw else (1, 2)
+
+    def conv(p, x, stride=1):
+        k = p["kernel"]
+        if nchw:
+            k = jnp.transpose(k, (3, 2, 0, 1))
+        pad = (k.shape[-1] if nchw else k.shape[0]) // 2
+        y = lax.conv_general_dilated(x, k, (stride, stride), [(pad, pad)] * 2,
+                                     dimension_numbers=dn)
+        if "bias" in p:
+            y = y + p["bias"].reshape(cshape(y.shape[1 if nchw else -1]))
+        return y
+
+    def bn(p, x):
+        mean = x.mean(red, keepdims=True)
+        var = ((x - mean) ** 2).mean(red, keepdims=True)
+        y = (x - mean) * lax.rsqrt(var + 1e-5)
+        if p:
+            c = x.shape[1 if nchw else -1]
+            y = y * p["scale"].reshape(cshape(c)) + p["bias"].reshape(cshape(c))
+        return y
+
+    def rcb(p, x, stride=1):
+        return bn(p.get("bn", {}), conv(p["conv"], jnp.maximum(x, 0), stride))
+
+    def pool(x, k, s, pad):
+        win = (1, 1, k, k) if nchw else (1, k, k, 1)
+        st = (1, 1, s, s) if nchw else (1, s, s, 1)
+        pads = [(0, 0), (0, 0), (pad, pad), (pad, pad)] if nchw else \
+            [(0, 0), (pad, pad), (pad, pad), (0, 0)]
+        tot = lax.reduce_window(x, 0.0, lax.add, win, st, pads)
+        ones = jnp.ones((1, 1) + x.shape[2:] if nchw else (1,) + x.shape[1:3] + (1,), x.dtype)
+        return tot / lax.reduce_window(ones, 0.0, lax.add, win, st, pads)  # count w/o padding
+
+    def cell(p, x):
+        nodes = [x]
+        for node in (1, 2, 3):
+            acc = None
+            for (i, j), op in zip(EDGES, ops):
+                if i != node:
+                    continue
+                h = nodes[j]
+                if op == "none":
+                    h = h * 0.0
+                elif op == "avg_pool_3x3":
+                    h = pool(h, 3, 1, 1)
+                elif op != "skip_connect":
+                    h = rcb(p[f"edge_{i}_{j}"], h)
+                acc = h if acc is None else acc + h
+            nodes.append(acc)
+        return nodes[3]
+
+    def apply(params, x):
+        x = bn(params["stem_bn"], conv(params["stem_conv"], x))
+        for stage in (1, 2, 3):
+            if stage > 1:
+                p = params[f"reduce{stage - 1}"]
+                x = conv(p["shortcut"], pool(x, 2, 2, 0)) + rcb(p["conv_b"], rcb(p["conv_a"], x, 2))
+            for k in range(N):
+                x = cell(params.get(f"cell{stage}_{k}", {}), x)
+        x = jnp.maximum(bn(params["head_bn"], x), 0).mean(sp)
+        return x @ params["classifier"]["kernel"] + params["classifier"]["bias"]
+
+    return apply
+
+
+def xla_flags_study() -> dict:
+    out = {}
+    for variant, flags in XLA_VARIANTS.items():
+        env = {**os.environ, "XLA_FLAGS": flags}
+        res = subprocess.run([sys.executable, __file__, "_grad_step", variant], capture_output=True,
+                             text=True, env=env)
+        try:
+            out[variant] = json.loads(res.stdout.strip().splitlines()[-1])
+        except (IndexError, json.JSONDecodeError):
+            out[variant] = {"variant": variant, "xla_flags": flags, "error": res.stderr[-800:]}
+        print(variant, "done", "error" if "error" in out[variant] else "", flush=True)
+    return out
+
+
+# ----------------------------------------------------------------------------- driver
+
+def versions() -> dict:
+    import flax
+    import jax
+    import jaxlib
+    v = {"python": platform.python_version(), "torch": torch.__version__, "jax": jax.__version__,
+         "jaxlib": jaxlib.__version__, "flax": flax.__version__, "numpy": np.__version__,
+         "machine": platform.machine(), "cpu": _cpu_name(), "cores": os.cpu_count(),
+         "affinity": sorted(os.sched_getaffinity(0)), "torch_threads": torch.get_num_threads(),
+         "xla_flags": os.environ.get("XLA_FLAGS", "")}
+    try:
+        from jhnas import _nt_compat
+        v["neural_tangents"] = _nt_compat.version()
+    except Exception:  # noqa: BLE001
+        v["neural_tangents"] = None
+    return v
+
+
+def _cpu_name() -> str:
+    try:
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor()
+
+
+def _pin_threads():
+    os.environ.setdefault("XLA_FLAGS", ONE_THREAD_XLA)
+    torch.set_num_threads(1)
+    torch.set_num_interop_threads(1)
+
+
+def main(argv=None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("command", nargs="?", default="bench",
+                   choices=["bench", "xla-flags", "report", "_memory", "_grad_step"])
+    p.add_argument("extra", nargs="*")
+    p.add_argument("--archs", type=int, default=15, help="random architectures (seed-0 sample)")
+    p.add_argument("--network-archs", type=int, default=2,
+                   help="of which the first k also run with compile='network'")
+    p.add_argument("--float64-archs", type=int, default=4)
+    p.add_argument("--no-memory", action="store_true")
+    p.add_argument("--cells", type=int, default=5, help="cells per stage (smoke runs: 1)")
+    p.add_argument("--batch", type=int, default=64)
+    p.add_argument("--out", default=str(OUT))
+    args = p.parse_args(argv)
+    if args.command == "_memory":
+        _pin_threads()
+        print(json.dumps(child_memory(*args.extra)))
+        return
+    if args.command == "_grad_step":
+        torch.set_num_threads(1)
+        print(json.dumps(child_grad_step(args.extra[0])))
+        return
+    path = Path(args.out + ".json")
+    res = json.loads(path.read_text()) if path.exists() else {}
+    if args.command == "report":
+        Path(args.out + ".md").write_text(report(res))
+        return
+    _pin_threads()
+    if args.command == "xla-flags":
+        res["xla_flags"] = {"versions": versions(), "load_before": _load(),
+                            "variants": xla_flags_study(), "load_after": _load()}
+    else:
+        from jhnas import data, score
+        from jhnas.spaces import nb201
+        batch = data.default_batch(args.batch)
+        archs = [STATIC] + nb201.sample(score.keys(0)[0], args.archs - 1)
+        t0 = time.perf_counter()
+        new = {"versions": versions(), "load_before": _load(), "archs": archs,
+               "batch": args.batch, "cells": args.cells, "C": 16}
+        new["blocks"] = bench_blocks(archs, batch, args.cells)
+        new["network"] = bench_network(archs[:args.network_archs], batch, args.cells)
+        new["neural_tangents"] = (bench_nt(STATIC, batch, args.cells) if args.network_archs
+                                  else None)
+        new["float64"] = bench_float64(archs[:args.float64_archs], batch, args.cells)
+        new["memory"] = None if args.no_memory or args.cells != 5 else memory_table()
+        new["load_after"] = _load()
+        new["wall_s"] = time.perf_counter() - t0
+        res = {**new, **({"xla_flags": res["xla_flags"]} if "xla_flags" in res else {})}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(res, indent=1, default=float))
+    Path(args.out + ".md").write_text(report(res))
+    print(report(res))
+
+
+# ----------------------------------------------------------------------------- report
+
+def _fmt_mb(b):
+    return f"{b / 2**20:.0f}" if b is not None else "–"
+
+
+def report(res: dict) -> str:
+    L = [f"# PyTorch reference vs jhnas on NB201 (batch {res.get('batch', 64)}, "
+         f"{res.get('cells', 5)} cells per stage, C = 16)", ""]
+    if "versions" in res:
+        v = res["versions"]
+        L += [f"torch {v['torch']}, jax/jaxlib {v['jax']}/{v['jaxlib']}, flax {v['flax']}, "
+              f"neural-tangents {v.get('neural_tangents')}, Python {v['python']}; {v['cpu']} "
+              f"({v['cores']} cores), process pinned to cores {v['affinity']}, torch threads "
+              f"{v['torch_threads']}, XLA_FLAGS `{v['xla_flags']}`.", "",
+              f"Machine load (1/5/15-min load average) before: "
+              f"{', '.join(f'{x:.1f}' for x in res['load_before']['loadavg'])}; after: "
+              f"{', '.join(f'{x:.1f}' for x in res['load_after']['loadavg'])} (background "
+              "scoring jobs occupied both cores; both frameworks ran back to back in one "
+              "process, so the load affects them alike, but absolute seconds are inflated).",
+              f"Wall time of the run: {res['wall_s'] / 60:.1f} min.", ""]
+    if res.get("blocks"):
+        rows = res["blocks"]
+        n = len(rows)
+        L += [f"## Value agreement, float32 ({n} architectures)", "",
+              "Relative difference |torch - jhnas| / max(|torch|, |jhnas|); same weights, same "
+              f"{res.get('batch', 64)} images; jhnas = `metrics_fn` on compiled blocks.", "",
+              "| metric | median | max | archs > 1e-4 |", "|---|---|---|---|"]
+        for name in TORCH_METRICS:
+            vals = [r["rel"][name] for r in rows if not (name == "ntk_cond" and r["kappa_guarded"])]
+            L.append(f"| {name} | {statistics.median(vals):.1e} | {max(vals):.1e} | "
+                     f"{sum(v > 1e-4 for v in vals)} / {len(vals)} |")
+        guarded = sum(r["kappa_guarded"] for r in rows)
+        if guarded:
+            L += ["", f"{guarded} architecture(s) with a singular Gram (jhnas caps kappa at "
+                  "1/floor, the official code does not) are left out of the kappa row."]
+        if res.get("float64"):
+            f64 = res["float64"]
+            L += ["", f"## Value agreement, float64 ({len(f64)} architectures)", "",
+                  "| metric | median | max |", "|---|---|---|"]
+            for name in TORCH_METRICS:
+                vals = [r["rel"][name] for r in f64]
+                L.append(f"| {name} | {statistics.median(vals):.1e} | {max(vals):.1e} |")
+        L += ["", f"## Seconds per architecture, one core ({n} architectures, amortised)", "",
+              "torch: official style (each metric on its own copy of the network; the official "
+              "code computes the NTK once for M and again for kappa). jhnas: compiled blocks, "
+              "each metric by its own `metrics_fn` call; compilations included (they happen in "
+              "the first architectures).", "",
+              "| metric | torch s | jhnas s | jhnas / torch |", "|---|---|---|---|"]
+        for name, label in [(m, m) for m in TORCH_METRICS] + [
+                ("ntk_official", "M + kappa, official (two Grams)"),
+                ("ntk_both", "M + kappa, one Gram")]:
+            t = statistics.mean(r["torch_s"][name] for r in rows)
+            jname = "ntk_both" if name == "ntk_official" else name
+            j = statistics.mean(r["jax_s"][jname] for r in rows)
+            L.append(f"| {label} | {t:.2f} | {j:.2f} | {j / t:.2f}x |")
+        t_off = statistics.mean(r["torch_s"]["ntk_official"] for r in rows)
+        j_both = statistics.mean(r["jax_s"]["ntk_both"] for r in rows)
+        jt = statistics.mean(r["jax_s"]["all5"] for r in rows)
+        tt = statistics.mean(sum(r["torch_s"][m] for m in TORCH_METRICS) for r in rows)
+        jb = statistics.mean(r["jax_s"]["build"] for r in rows)
+        tb = statistics.mean(r["torch_s"]["build"] for r in rows)
+        steady = [r for r in rows if r["jax_compiles"] == 0]
+        L += [f"| all five metrics (torch: five calls; jhnas: one `metrics_fn`, shared passes) | "
+              f"{tt:.2f} | {jt:.2f} | {jt / tt:.2f}x |",
+              f"| build (torch: module + weight copy; jhnas: make_net + init) | {tb:.2f} | "
+              f"{jb:.2f} | {jb / tb:.2f}x |", "",
+              f"HNAS needs M and kappa: official two-Gram torch {t_off:.2f} s vs jhnas one Gram "
+              f"{j_both:.2f} s per architecture ({j_both / t_off:.2f}x). jhnas compiled "
+              f"{sum(r['jax_compiles'] for r in rows)} functions "
+              f"({sum(r['jax_compile_s'] for r in rows):.0f} s) in architectures "
+              f"{[i for i, r in enumerate(rows) if r['jax_compiles']]}; "
+              f"{len(steady)} architectures compiled nothing."]
+        if steady:
+            L.append("Steady state (architectures without compilation): " + ", ".join(
+                f"{m} {statistics.mean(r['jax_s'][m] for r in steady):.2f} s" for m in
+                list(TORCH_METRICS) + ["ntk_both"]) + ".")
+    if res.get("network"):
+        L += ["", "## jhnas compile=\"network\" (one compilation per architecture) and the "
+              "per-sample variants", "",
+              "| arch | function | compile s | run s | compile + run s | torch s | XLA peak MB |",
+              "|---|---|---|---|---|---|---|"]
+        tmap = {"loss (grad_norm/snip)": "grad_norm", "grasp": "grasp",
+                "ntk (M+kappa)": "ntk_both", "per_sample NTK": "torch.func per-sample NTK"}
+        for i, r in enumerate(res["network"]):
+            for name, j in r["jax"].items():
+                L.append(f"| #{i} | {name} | {j['compile_s']:.1f} | {j['run_s']:.2f} | "
+                         f"{j['compile_s'] + j['run_s']:.1f} | {r['torch_s'][tmap[name]]:.2f} | "
+                         f"{_fmt_mb(j['peak_bytes'])} |")
+        L += ["", "torch s: the torch counterpart on the same architecture (grad_norm; grasp; "
+              "M + kappa from one hook Gram; torch.func vmap(grad))."]
+        L += ["", "Per-sample NTK (each sample alone through train-mode BatchNorm), torch.func "
+              "vs jhnas `implementation=\"per_sample\"`, relative difference: " + "; ".join(
+                  f"#{i} M {r['rel_per_sample']['M']:.1e}, kappa {r['rel_per_sample']['kappa']:.1e}"
+                  for i, r in enumerate(res["network"])) + "."]
+    nt = res.get("neural_tangents")
+    if nt:
+        L += ["", "## neural-tangents backend", ""]
+        if "skipped" in nt:
+            L.append(f"Not measured: {nt['skipped']}")
+        else:
+            for impl, r in nt.items():
+                if impl == "arch":
+                    continue
+                L.append(f"- `{impl}` (exact Jacobian of the batched network, train-mode BN "
+                         f"couples samples; architecture #0): compile {r['compile_s']:.1f} s, run "
+                         f"{r['run_s']:.2f} s, XLA peak {_fmt_mb(r['peak_bytes'])} MB; M "
+                         f"{r['M']:.4g}, kappa {r['kappa']:.4g} (the exact coupled NTK, not the "
+                         "official decomposition).")
+    if res.get("memory"):
+        L += ["", "## Peak memory (architecture #0)", "",
+              "Extra RSS of a fresh process during the second call of the metric "
+              "(ru_maxrss after minus RSS before; allocator caches from the first call make this "
+              "a lower bound of the working set).", "", "| what | extra RSS MB |", "|---|---|"]
+        for k, v in res["memory"].items():
+            L.append(f"| {k} | {_fmt_mb(v.get('extra_bytes'))} |")
+    if res.get("xla_flags"):
+        xf = res["xla_flags"]
+        L += ["", "## XLA:CPU settings vs the gradient step (architecture #0, one core)", "",
+              f"Load average before {', '.join(f'{x:.1f}' for x in xf['load_before']['loadavg'])}"
+              f", after {', '.join(f'{x:.1f}' for x in xf['load_after']['loadavg'])}. One child "
+              "process per setting; jit(grad) of the mean cross-entropy over all parameters, "
+              f"median of {REPS} runs, and torch's gradient step (zero_grad, forward, backward, one "
+              "thread) timed alternately in the same process.", "",
+              "| setting | formulation | compile s | XLA run s | torch s | XLA / torch | max rel "
+              "grad diff |", "|---|---|---|---|---|---|---|"]
+        for variant, r in xf["variants"].items():
+            if "error" in r:
+                L.append(f"| {variant} | – | – | – | – | error: "
+                         f"{r['error'].strip().splitlines()[-1][:80] if r['error'].strip() else '?'} | – |")
+                continue
+            for form, s in r.items():
+                if not isinstance(s, dict):
+                    continue
+                L.append(f"| {variant} | {form} | {s.get('compile_s', float('nan')):.1f} | "
+                         f"{s['run_s']:.2f} | {s['torch_s']:.2f} | {s['ratio']:.2f}x | "
+                         f"{s['grad_max_rel_diff_vs_first_form']:.1e} |")
+    return "\n".join(L) + "\n"
+
+
+if __name__ == "__main__":
+    main()
