@@ -33,7 +33,9 @@ METHODS = [("hnas[ntk_trace]", "hnas", "ntk_trace", {}),
            ("argmin_kappa", "argmin_kappa", "ntk_trace", {}),
            ("metric_order[ntk_trace]", "metric_order", "ntk_trace", {})]
 # with another metric M when the table has it for the whole space
-OTHER_M = [("hnas[{m}], log nu (ours)", "hnas", "{m}", {"nu_scale": "log"}),
+OTHER_M = [("hnas[{m}]", "hnas", "{m}", {}),
+           ("hnas[{m}], log nu (ours)", "hnas", "{m}", {"nu_scale": "log"}),
+           ("argmax_metric[{m}]", "argmax_metric", "{m}", {}),
            ("metric_order[{m}]", "metric_order", "{m}", {})]
 PUBLISHED = {"HNAS (paper)": (94.04, 71.75, 45.91), "target": (94.30, 72.9, 46.1),
              "ceiling A": (94.37, 73.09, 46.33)}
@@ -101,11 +103,12 @@ def _at(r: dict, k: int) -> str:
 def report(res: dict, args) -> str:
     any_run = next(iter(res["A"].values()))
     proto = any_run["protocol"]
+    coverage = (f"Metric table coverage: {proto['metric_coverage']:.1%} of the 15,625 "
+                f"architectures ({proto['metric_table'].get('coverage ntk_trace', '')})")
+    coverage += ("." if proto["metric_coverage"] == 1 else
+                 "; pools hold only covered architectures until the table is complete.")
     lines = [f"# HNAS on NAS-Bench-201 ({args.seeds} seeds, {args.budget} evaluations, "
-             f"jax {proto['jax']})", "",
-             f"Metric table coverage: {proto['metric_coverage']:.1%} of the 15,625 architectures "
-             f"({proto['metric_table'].get('coverage ntk_trace', '')}); pools hold only covered "
-             "architectures until the table is complete.", "",
+             f"jax {proto['jax']})", "", coverage, "",
              "## Protocol A: search with the 12-epoch CIFAR-10 validation signal", "",
              "| method | CIFAR-10 | CIFAR-100 | ImageNet16-120 | cost s | CIFAR-10 after 10 "
              "evaluations |", "|---|---|---|---|---|---|"]
@@ -122,7 +125,10 @@ def report(res: dict, args) -> str:
     lines += ["", "Mean ± std over seeds of the 200-epoch test accuracy (%) of the evaluated "
               "architecture with the best signal; cost = simulated training seconds (12 x "
               "seconds per epoch of each evaluated architecture). Training-free methods "
-              "(argmax_metric, argmin_kappa) train nothing: cost 0.", ""]
+              "(argmax_metric, argmin_kappa) train nothing: cost 0. hnas[m]: HNAS with metric m "
+              "as M and the NTK condition number as kappa; for m other than ntk_trace the scale "
+              "s is the table's largest value of m (jhnas.hnas.default_scale). metric_order[m]: "
+              "evaluate the pool's architectures in decreasing m (the zero-cost baseline).", ""]
     return "\n".join(lines)
 
 

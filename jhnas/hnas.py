@@ -22,9 +22,11 @@ Everything is a pure function of a PRNG key and a :class:`State`: :func:`step` i
 Deliberate choices (the official code has none of them):
 
 * **Signed metrics** (GraSP can be negative): :math:`M^2` and :math:`\kappa/M` are meaningless
-  for :math:`M \le 0`, so a metric is made positive by :func:`positive_metric` (shift by its
-  minimum over the table plus 1 % of its range) before the objective sees it; ``s`` then refers
-  to the shifted scale.
+  for :math:`M < 0`, so a metric with negative values is shifted by :func:`positive_metric` (by
+  its minimum over the table plus 1 % of its range) before the objective sees it; ``s`` then
+  refers to the shifted scale. A metric that is only zero somewhere (synflow of a network whose
+  input is cut off from its output) is left as it is: :math:`\kappa/(0 + 10^{-6})` keeps such
+  architectures out of every argmin, which is what a zero metric means.
 * **Degenerate values**: architectures whose M or kappa is missing or not finite never enter the
   pool (they cannot be scored); kappa itself is already capped (:func:`jhnas.ntk.condition_number`).
 * **The scale** ``s`` defaults to 5e3 for the NTK trace norm on NB201 (the paper's setting); for
@@ -146,11 +148,11 @@ def objective(metric: np.ndarray, kappa: np.ndarray, t: float, c: float, s: floa
 
 
 def positive_metric(values: np.ndarray) -> np.ndarray:
-    """``values`` unchanged if all finite ones are > 0, else shifted to be > 0: ``v - min + 0.01 *
-    (max - min)`` (see the module docstring)."""
+    """``values`` unchanged if no finite one is negative, else shifted to be > 0: ``v - min + 0.01
+    * (max - min)`` (see the module docstring)."""
     v = np.asarray(values, np.float64)
     finite = v[np.isfinite(v)]
-    if finite.size == 0 or finite.min() > 0:
+    if finite.size == 0 or finite.min() >= 0:
         return v
     span = finite.max() - finite.min()
     return v - finite.min() + 0.01 * (span if span > 0 else 1.0)

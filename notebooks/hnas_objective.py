@@ -157,8 +157,8 @@ else:
     fig.savefig(os.path.join(OUT, "hnas_search_curves.png"), dpi=100)
 
     # where HNAS evaluated, on the official-scale map
-    runs = [run for name, r in res.items() if name.startswith("hnas") for run in r["runs"]]
-    tc = np.array([(h["t"], h["c"]) for run in runs for h in run["history"]])
+    runs = res["hnas[ntk_trace]"]["runs"] if "hnas[ntk_trace]" in res else []  # linear nu, M
+    tc = np.array([(h["t"], h["c"]) for run in runs for h in run["history"]]).reshape(-1, 2)
     fig, ax = plt.subplots(figsize=(5.5, 4.2))
     ax.imshow(acc[maps["linear"]], origin="lower", aspect="auto", extent=(0, 1, -4, 0),
               vmin=np.percentile(acc, 5), vmax=acc.max(), cmap="viridis")

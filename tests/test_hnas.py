@@ -47,8 +47,8 @@ def test_positive_metric():
     out = hnas.positive_metric(v)
     assert np.nanmin(out) > 0 and np.isnan(out[3])
     np.testing.assert_allclose(np.diff(out[:3]), np.diff(v[:3]))  # a shift keeps the order
-    pos = np.array([0.5, 2.0])
-    np.testing.assert_array_equal(hnas.positive_metric(pos), pos)
+    for pos in (np.array([0.5, 2.0]), np.array([0.0, 2.0])):  # zero: no shift (synflow)
+        np.testing.assert_array_equal(hnas.positive_metric(pos), pos)
 
 
 def test_pool_is_cumulative_deduplicated_and_excludes_evaluated_and_unscorable():
