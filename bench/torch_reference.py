@@ -3,6 +3,7 @@
   taskset -c 1 python bench/torch_reference.py             # writes results/torch_vs_jax.{md,json}
   python bench/torch_reference.py --archs 2 --network-archs 0 --float64-archs 1   # smoke run
   taskset -c 1 python bench/torch_reference.py xla-flags   # XLA:CPU settings vs the gradient step
+  python bench/torch_reference.py memory                   # only the peak-memory table
   python bench/torch_reference.py report                   # rewrite the .md from the .json
 
 The reference is written the way the official HNAS / zero-cost-proxy code computes the metrics
@@ -32,8 +33,9 @@ architecture both frameworks run back to back, so machine load affects both alik
 recorded). Per-architecture seconds are amortised: total time over the architectures, jhnas
 compilations included (compiled blocks: compilations happen in the first architectures only;
 ``compile="network"``: one compilation per architecture and metric, measured on the first
-``--network-archs`` architectures). Peak memory: torch, the peak RSS (``ru_maxrss``) of a child
-process minus its RSS before the metric (tracemalloc does not see torch's allocator); jhnas, XLA's
+``--network-archs`` architectures). Peak memory: torch, the peak RSS of a child
+process while the metric runs (VmHWM, reset after setup and a warm-up call) minus its RSS before
+the metric (tracemalloc does not see torch's allocator); jhnas, XLA's
 memory analysis (arguments + outputs + temporaries) of the jit-compiled network-mode function, and
 the same RSS measure for the compiled-blocks path.
 """
@@ -525,8 +527,24 @@ def _rss_bytes() -> int:
         return int(f.read().split()[1]) * resource.getpagesize()
 
 
+def _reset_peak() -> None:
+    """Resets the process's peak RSS (VmHWM) to its current RSS (Linux ``clear_refs`` 5), so
+    that the peak read afterwards belongs to what runs next, not to the setup before it."""
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")
+
+
+def _peak_bytes() -> int:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    raise RuntimeError("no VmHWM in /proc/self/status")
+
+
 def child_memory(framework: str, what: str) -> dict:
-    """Run in a fresh process: RSS before ``what`` and the process's peak RSS after it."""
+    """Run in a fresh process: RSS before ``what`` and the peak RSS while it runs (the peak is
+    reset after the setup and a warm-up call)."""
     from jhnas import data
     batch = data.default_batch(64)
     if framework == "torch":
@@ -534,24 +552,20 @@ def child_memory(framework: str, what: str) -> dict:
         net, params = jhnas_setup(STATIC, batch, compile="network")
         tnet = torch_net(STATIC, params)
         xt, yt = torch_batch(batch)
-        fn = {"torch.func": lambda: func_gram(tnet, xt, yt), "ntk_both": lambda: ntk_both(tnet, xt, yt),
+        fn = {"torch.func": lambda: func_gram(tnet, xt, yt),
+              "ntk_both": lambda: ntk_both(tnet, xt, yt),
               **{k: (lambda f=f: f(tnet, xt, yt)) for k, f in TORCH_FNS.items()}}[what]
-        fn()  # warm-up: allocator pools, lazy initialisation
-        before = _rss_bytes()
-        peak0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-        fn()
     else:
         from jhnas.metrics import metrics_fn
         net, params = jhnas_setup(STATIC, batch, compile="blocks")
         names = ["ntk_trace", "ntk_cond"] if what == "ntk_both" else [what]
         fn = lambda: metrics_fn(net, names)(params, batch)  # noqa: E731
-        fn()
-        before = _rss_bytes()
-        peak0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-        fn()
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-    return {"rss_before": before, "peak_rss": peak, "peak_before": peak0,
-            "extra_bytes": peak - before}
+    fn()  # warm-up: compilation, allocator pools, lazy initialisation
+    _reset_peak()
+    before = _rss_bytes()
+    fn()
+    peak = _peak_bytes()
+    return {"rss_before": before, "peak_rss": peak, "extra_bytes": peak - before}
 
 
 def memory_table() -> dict:
@@ -781,7 +795,8 @@ def _pin_threads():
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("command", nargs="?", default="bench",
-                   choices=["bench", "xla-flags", "report", "_memory", "_grad_step"])
+                   choices=["bench", "xla-flags", "memory", "report", "_memory",
+                            "_grad_step"])
     p.add_argument("extra", nargs="*")
     p.add_argument("--archs", type=int, default=15, help="random architectures (seed-0 sample)")
     p.add_argument("--network-archs", type=int, default=2,
@@ -806,7 +821,9 @@ def main(argv=None) -> None:
         Path(args.out + ".md").write_text(report(res))
         return
     _pin_threads()
-    if args.command == "xla-flags":
+    if args.command == "memory":
+        res["memory"] = memory_table()
+    elif args.command == "xla-flags":
         res["xla_flags"] = {"versions": versions(), "load_before": _load(),
                             "variants": xla_flags_study(), "load_after": _load()}
     else:
@@ -944,8 +961,8 @@ def report(res: dict) -> str:
     if res.get("memory"):
         L += ["", "## Peak memory (architecture #0)", "",
               "Extra RSS of a fresh process during the second call of the metric "
-              "(ru_maxrss after minus RSS before; allocator caches from the first call make this "
-              "a lower bound of the working set).", "", "| what | extra RSS MB |", "|---|---|"]
+              "(peak RSS, reset after the setup and the first call, minus RSS before; allocator "
+              "caches from the first call make this a lower bound of the working set).", "", "| what | extra RSS MB |", "|---|---|"]
         for k, v in res["memory"].items():
             L.append(f"| {k} | {_fmt_mb(v.get('extra_bytes'))} |")
     if res.get("xla_flags"):
