@@ -5,10 +5,11 @@ networks as pure functions (:mod:`jhnas.net`), search spaces (:mod:`jhnas.spaces
 data (:mod:`jhnas.data`), rank agreement with benchmarks (:mod:`jhnas.correlation`), the
 Gaussian process (:mod:`jhnas.gp`), HNAS (:mod:`jhnas.hnas`) and its baselines
 (:mod:`jhnas.baselines`), the exact relations between the metrics, the NTK, training and the
-HNAS objective (:mod:`jhnas.theory`), and scoring over several devices (:mod:`jhnas.parallel`).
+HNAS objective (:mod:`jhnas.theory`), scoring over several devices (:mod:`jhnas.parallel`), and
+short optax trainings as HNAS's signal (:mod:`jhnas.train`).
 """
 from jhnas import (baselines, correlation, data, gp, hnas, metrics, net, nn, ntk, parallel,
-                   spaces, theory)
+                   spaces, theory, train)
 from jhnas.data import Batch, default_batch, load_batch
 from jhnas.metrics import METRICS, metrics_fn
 from jhnas.net import Block, Net, from_apply, from_blocks, from_flax
@@ -21,5 +22,5 @@ __all__ = [
     "Batch", "Block", "Implementation", "METRICS", "Net", "baselines", "condition_number",
     "correlation", "data", "default_batch", "eigenvalues", "empirical_ntk_fn", "from_apply",
     "from_blocks", "from_flax", "gp", "hnas", "load_batch", "metrics", "metrics_fn", "net", "nn",
-    "ntk", "parallel", "spaces", "theory", "trace_norm",
+    "ntk", "parallel", "spaces", "theory", "trace_norm", "train",
 ]

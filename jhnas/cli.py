@@ -2,6 +2,8 @@
 
   jhnas search --space nb201 --method hnas --metric ntk_trace --budget 20 --seeds 10
                --dataset cifar10 --out results.json
+  jhnas search --space {nb201,darts} --signal train [--preset cpu|paper] [--data-dir DIR]
+               [--pool N] --budget 5 --seeds 1 --out results.json
   jhnas score --space nb201 (--archs FILE | --sample N) --metrics a,b,... [--batch FILE.npz]
               [--batch-size 64] [--cells 5] [--compile blocks|network] [--seed S]
               --out FILE.csv
@@ -94,20 +96,76 @@ def _search(args) -> None:
     out = Path(args.out)
     if not out.parent.exists():
         raise UsageError(f"--out: folder {out.parent} does not exist")
-    res = hnas.run_nb201(args.method, args.metric, args.dataset, budget=args.budget,
-                         seeds=range(args.first_seed, args.first_seed + args.seeds),
-                         config=hnas.Config(acquisition=args.acquisition,
-                                            nu_scale=args.nu_scale),
-                         progress=not args.quiet)
+    if args.space == "darts" and args.signal != "train":
+        raise UsageError("--space darts has no benchmark table: use --signal train")
+    if args.data_dir is not None and not Path(args.data_dir).is_dir():
+        raise UsageError(f"--data-dir: no such folder {args.data_dir}")
+    if args.signal == "table" and args.data_dir is not None:
+        raise UsageError("--data-dir is for --signal train (the table needs no images)")
+    seeds = range(args.first_seed, args.first_seed + args.seeds)
+    config = hnas.Config(acquisition=args.acquisition, nu_scale=args.nu_scale)
+    if args.signal == "train":
+        from jhnas import train
+
+        if args.dataset not in ("cifar10", "cifar100"):
+            raise UsageError("--signal train trains on CIFAR-10 or CIFAR-100 (--dataset)")
+        preset = train.PRESETS[args.preset]
+        tr, va = train.signal_data(preset, args.data_dir, args.dataset)
+        classes = 100 if args.dataset == "cifar100" else 10
+        name = (f"validation accuracy after {preset.config.epochs} epochs on {len(tr[1])} "
+                f"images, {len(va[1])} held out (jhnas.train preset {args.preset!r})")
+    if args.space == "darts":
+        res = _search_darts(args, config, preset, tr, va, classes, seeds, name)
+    else:
+        signal = (train.nb201_signal(preset, tr, va, classes) if args.signal == "train"
+                  else None)
+        res = hnas.run_nb201(args.method, args.metric, args.dataset, budget=args.budget,
+                             seeds=seeds, config=config, progress=not args.quiet,
+                             signal=signal, signal_name=name if signal else None)
     tmp = out.with_name(out.name + ".tmp")
     tmp.write_text(json.dumps(res, indent=1))
     tmp.replace(out)  # atomic: a crash never leaves a half-written results file
     m, s = res["mean"], res["std"]
+    if args.space == "darts":
+        print(f"hnas on DARTS ({args.budget} evaluations, {args.seeds} seeds): signal "
+              f"{m['signal']:.2f}+-{s['signal']:.2f}, cost {m['cost']:.0f} s -> {out}",
+              file=sys.stderr)
+        return
     print(f"{args.method} ({args.metric}, {args.dataset} signal, {args.budget} evaluations, "
           f"{args.seeds} seeds): test200 " + " / ".join(
               f"{m['test200_' + d]:.2f}+-{s['test200_' + d]:.2f}"
               for d in ("cifar10", "cifar100", "ImageNet16-120"))
           + f", cost {m['cost']:.0f} s -> {out}", file=sys.stderr)
+
+
+def _search_darts(args, config, preset, tr, va, classes, seeds, signal_name) -> dict:
+    """HNAS over a pool of random DARTS genotypes (M and kappa scored once, shared by the seeds),
+    each evaluation a short training."""
+    import jax
+
+    from jhnas import baselines, hnas, train
+
+    if args.method not in ("hnas", "random", "argmax_metric", "argmin_kappa", "metric_order"):
+        raise UsageError(f"--method {args.method} is not available on --space darts")
+    if args.metric != "ntk_trace":
+        raise UsageError("--space darts scores its pool with ntk_trace (M) and ntk_cond")
+    if args.pool < 2:
+        raise UsageError(f"--pool must be >= 2, got {args.pool}")
+    problem = train.darts_problem(jax.random.key(args.first_seed), args.pool, preset, tr, va,
+                                  classes, progress=not args.quiet)
+    config = config._replace(budget=min(args.budget, args.pool), pool_step=args.pool,
+                             s=float(hnas.np.nanmax(problem.metric)))
+    fn = {"hnas": hnas.search, "random": baselines.random_search,
+          "argmax_metric": baselines.argmax_metric, "argmin_kappa": baselines.argmin_kappa,
+          "metric_order": baselines.metric_order}[args.method]
+    states = [fn(jax.random.key(s), problem, config) for s in seeds]
+    res = hnas.summarize(states, problem)
+    for run, s, st in zip(res["runs"], seeds, states):
+        run["seed"], run["history"] = s, [r._asdict() for r in st.history]
+    res["protocol"] = {"space": "darts", "method": args.method, "pool": args.pool,
+                       "preset": args.preset, "signal": signal_name, "cost": "training seconds",
+                       "config": config._asdict(), "jax": jax.__version__}
+    return res
 
 
 @functools.lru_cache(maxsize=8)
@@ -218,7 +276,17 @@ def build_parser() -> argparse.ArgumentParser:
     from jhnas.spaces.nb201 import DATASETS
 
     r = sub.add_parser("search", help="search NB201 with HNAS or a baseline (tabular signal)")
-    r.add_argument("--space", choices=["nb201"], default="nb201")
+    r.add_argument("--space", choices=["nb201", "darts"], default="nb201")
+    r.add_argument("--signal", choices=["table", "train"], default="table",
+                   help="table: the benchmark's 12-epoch accuracy (NB201); train: a short "
+                        "training of each evaluated architecture (jhnas.train)")
+    r.add_argument("--preset", choices=["cpu", "paper"], default="cpu",
+                   help="size of the training signal (cpu: minutes on 2 cores; paper: the "
+                        "paper's 10 epochs on half of CIFAR-10, for a GPU/TPU)")
+    r.add_argument("--data-dir", help="CIFAR python batches for --signal train (default: the "
+                                      "256 embedded CIFAR-10 images)")
+    r.add_argument("--pool", type=int, default=12,
+                   help="--space darts: random genotypes scored with M and kappa")
     r.add_argument("--method", choices=METHODS, default="hnas")
     r.add_argument("--metric", default="ntk_trace",
                    help="M of the objective: a column of the shipped metric table")

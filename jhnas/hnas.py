@@ -306,15 +306,19 @@ METHODS = ("hnas", "random", "rea", "argmax_metric", "argmin_kappa", "metric_ord
 
 def run_nb201(method: str = "hnas", metric: str = "ntk_trace", dataset: str = "cifar10", *,
               budget: int = 20, seeds: Sequence[int] = range(10), config: Config | None = None,
-              progress: bool = False) -> dict:
+              progress: bool = False, signal: Signal | None = None,
+              signal_name: str | None = None) -> dict:
     """Runs ``method`` on the tabular NB201 problem once per seed (key ``jax.random.key(seed)``)
-    and returns :func:`summarize` plus the protocol."""
+    and returns :func:`summarize` plus the protocol. ``signal`` replaces the table's 12-epoch
+    accuracy (e.g. :func:`jhnas.train.nb201_signal`, a short training)."""
     from jhnas import baselines
     from jhnas.spaces import nb201
 
     if method not in METHODS:
         raise ValueError(f"method must be one of {', '.join(METHODS)}, got {method!r}")
     problem = nb201_problem(metric, dataset)
+    if signal is not None:  # e.g. a short training (jhnas.train.nb201_signal)
+        problem = problem._replace(signal=signal)
     config = (config or Config())._replace(budget=budget)
     if metric != "ntk_trace" and config.s == Config().s:
         config = config._replace(s=default_scale(problem, metric))
@@ -335,8 +339,10 @@ def run_nb201(method: str = "hnas", metric: str = "ntk_trace", dataset: str = "c
     table = nb201.metric_table()
     out["protocol"] = {"method": method, "metric": metric, "dataset": dataset, "budget": budget,
                        "seeds": seeds, "config": config._asdict(), "jax": jax.__version__,
-                       "signal": f"12-epoch validation accuracy on {dataset} (NB201 table)",
-                       "cost": "12 x cifar10-valid seconds per epoch of each evaluated arch",
+                       "signal": signal_name or f"12-epoch validation accuracy on {dataset} "
+                                                "(NB201 table)",
+                       "cost": ("training seconds" if signal is not None else
+                                "12 x cifar10-valid seconds per epoch of each evaluated arch"),
                        "metric_table": table.protocol,
                        "metric_coverage": table.coverage(metric)}
     return out

@@ -137,6 +137,14 @@ def _interceptor(bn: str, tap: bool, specs: dict | None):
     return intercept
 
 
+def bn_mode(mode: str):
+    """A context in which every ``nn.BatchNorm`` of an applied Flax module runs in ``mode``
+    (``"train"``: batch statistics, ``"eval"``: running statistics, ``"none"``: identity)."""
+    if mode not in BN_MODES:
+        raise ValueError(f"bn must be one of {BN_MODES}, got {mode!r}")
+    return nn.intercept_methods(_interceptor(mode, False, None))
+
+
 def _flat(tree, leaf_name: str) -> dict[Path, Any]:
     flat = traverse_util.flatten_dict(tree) if tree else {}
     return {k[:-1]: v for k, v in flat.items() if k[-1] == leaf_name}
