@@ -103,7 +103,10 @@ def _search(args) -> None:
     if args.signal == "table" and args.data_dir is not None:
         raise UsageError("--data-dir is for --signal train (the table needs no images)")
     seeds = range(args.first_seed, args.first_seed + args.seeds)
-    config = hnas.Config(acquisition=args.acquisition, nu_scale=args.nu_scale)
+    if args.trust_region and (args.space != "nb201" or args.method != "hnas"):
+        raise UsageError("--trust-region is for --method hnas on --space nb201")
+    config = hnas.Config(acquisition=args.acquisition, nu_scale=args.nu_scale,
+                         trust_region=args.trust_region)
     if args.signal == "train":
         from jhnas import train
 
@@ -299,6 +302,9 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--nu-scale", choices=NU_SCALES, default="linear",
                    help="sqrt(nu) = t*s (linear: the official HNAS) or s**t (log: ours, better "
                         "on NB201; see bench/results/hnas_nb201.md)")
+    r.add_argument("--trust-region", action="store_true",
+                   help="after the initial probes, pick argmin F among the one-edit neighbours "
+                        "of the best architecture so far (ours; see bench/results/hnas_nb201.md)")
     r.add_argument("--out", required=True, help="results JSON")
     r.add_argument("--quiet", action="store_true", help="no progress bar")
     r.set_defaults(func=_search)

@@ -38,10 +38,18 @@ NTK trace norm of NB201 networks spans four orders of magnitude (median about 40
 8e4), so on the official linear scale every ``t`` above a few hundredths puts :math:`\sqrt\nu`
 above almost every architecture's M and the GP's input space is mostly flat; on the log scale
 ``t`` sweeps M's range evenly (measured in bench/results/hnas_nb201.md).
+
+Our second improvement, ``Config(trust_region=True)``: after the initial probes, the argmin of
+:math:`F_{t,c}` runs over the unevaluated one-edit neighbours of the best architecture so far
+(``Problem.neighbours``; the pool again when they are all evaluated) instead of the whole pool:
+the GP still chooses the trade-off :math:`(t, c)`, the evaluations refine around what the signal
+has confirmed. The metric ranks whole regions well but not the architectures inside one
+(bench/results/hnas_nb201.md).
 """
 from __future__ import annotations
 
 import functools
+import os
 from typing import Callable, NamedTuple, Sequence
 
 import jax
@@ -63,12 +71,14 @@ class Problem(NamedTuple):
       signal: ``(key, index) -> (value, cost)``: evaluates one architecture (larger is better);
         ``cost`` in seconds.
       report: ``index -> dict`` of what to report for a final architecture (e.g. test accuracies).
+      neighbours: ``index -> (k,) indices`` one edit away (needed by ``Config.trust_region``).
     """
 
     metric: np.ndarray
     kappa: np.ndarray
     signal: Signal
     report: Callable[[int], dict] = lambda i: {}
+    neighbours: Callable[[int], np.ndarray] | None = None
 
     @property
     def size(self) -> int:
@@ -96,6 +106,7 @@ class Config(NamedTuple):
     kernel: str = "matern52"
     n_random: int = 10000
     nu_scale: str = "linear"  # sqrt(nu) = t * s (official) or "log": s ** t (ours)
+    trust_region: bool = False  # after the probes, argmin over the incumbent's neighbours (ours)
 
 
 class Record(NamedTuple):
@@ -198,10 +209,24 @@ def propose(key: jax.Array, state: State, config: Config) -> tuple[float, float]
     return float(t), float(c)
 
 
+def candidates(state: State, problem: Problem, config: Config = Config()) -> np.ndarray:
+    """The indices the next argmin runs over: the pool; with ``config.trust_region``, once the
+    initial probes are done, the incumbent's scorable unevaluated neighbours (the pool again when
+    none is left)."""
+    pool = np.flatnonzero(state.pool)
+    if not config.trust_region or len(state.history) < len(config.init_t):
+        return pool
+    if problem.neighbours is None:
+        raise ValueError("trust_region needs a problem with neighbours (an edit distance)")
+    near = np.asarray(problem.neighbours(state.best().index), np.int64)
+    near = np.setdiff1d(near[problem.scorable[near]], state.evaluated)
+    return near if near.size else pool
+
+
 def select(state: State, problem: Problem, t: float, c: float, s: float,
-           nu_scale: str = "linear") -> int:
-    """argmin of the objective over the pool (ties: the lowest index)."""
-    idx = np.flatnonzero(state.pool)
+           nu_scale: str = "linear", idx: np.ndarray | None = None) -> int:
+    """argmin of the objective over ``idx`` (default: the pool; ties: the first)."""
+    idx = np.flatnonzero(state.pool) if idx is None else np.asarray(idx)
     if idx.size == 0:
         raise ValueError("the pool is empty: every scorable architecture has been evaluated")
     f = objective(problem.metric[idx], problem.kappa[idx], t, c, s, nu_scale)
@@ -219,11 +244,13 @@ def evaluate(key: jax.Array, state: State, problem: Problem, index: int, t=np.na
 
 
 def step(key: jax.Array, state: State, problem: Problem, config: Config = Config()) -> State:
-    """One HNAS evaluation: grow the pool, propose (t, c), pick argmin F, evaluate it."""
+    """One HNAS evaluation: grow the pool, propose (t, c), pick argmin F over the
+    :func:`candidates`, evaluate it."""
     pool_key, prop_key, eval_key = jax.random.split(key, 3)
     state = grow_pool(pool_key, state, problem, config.pool_step)
     t, c = propose(prop_key, state, config)
-    index = select(state, problem, t, c, config.s, config.nu_scale)
+    index = select(state, problem, t, c, config.s, config.nu_scale,
+                   candidates(state, problem, config))
     return evaluate(eval_key, state, problem, index, t, c)
 
 
@@ -244,6 +271,8 @@ def search(key: jax.Array, problem: Problem, config: Config = Config(), *,
            progress: bool = False) -> State:
     """HNAS for ``config.budget`` evaluations; step ``i`` uses ``fold_in(key, i)``."""
     _check(config)
+    if config.trust_region and problem.neighbours is None:
+        raise ValueError("trust_region needs a problem with neighbours (an edit distance)")
     state = init(problem)
     for i in tqdm(range(config.budget), desc="hnas", disable=not progress, leave=False):
         state = step(jax.random.fold_in(key, i), state, problem, config)
@@ -282,7 +311,8 @@ def nb201_problem(metric: str = "ntk_trace", dataset: str = "cifar10", *,
                 **{f"test200_{ds}": float(bench.test200[index, k]) for k, ds in
                    enumerate(nb201.DATASETS)}}
 
-    return Problem(positive_metric(table.values[metric]), table.values["ntk_cond"], signal, report)
+    return Problem(positive_metric(table.values[metric]), table.values["ntk_cond"], signal, report,
+                   nb201.neighbours)
 
 
 def default_scale(problem: Problem, metric: str) -> float:
@@ -339,6 +369,8 @@ def run_nb201(method: str = "hnas", metric: str = "ntk_trace", dataset: str = "c
     table = nb201.metric_table()
     out["protocol"] = {"method": method, "metric": metric, "dataset": dataset, "budget": budget,
                        "seeds": seeds, "config": config._asdict(), "jax": jax.__version__,
+                       # the float64 GP's argmax can flip with the reduction order
+                       "xla_flags": os.environ.get("XLA_FLAGS", ""),
                        "signal": signal_name or f"12-epoch validation accuracy on {dataset} "
                                                 "(NB201 table)",
                        "cost": ("training seconds" if signal is not None else

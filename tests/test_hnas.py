@@ -110,6 +110,36 @@ def test_select_is_the_argmin_over_the_pool():
     assert i == pool[np.argmin(scores)]
 
 
+
+def ring(i):  # neighbours on the synthetic problem: a ring of N architectures
+    return np.array([(i - 2) % N, (i - 1) % N, (i + 1) % N, (i + 2) % N])
+
+
+def test_trust_region_searches_the_incumbents_neighbours_after_the_probes():
+    p = synthetic()._replace(neighbours=ring)
+    cfg = hnas.Config(budget=9, pool_step=100, trust_region=True, s=100.0, n_random=500)
+    st = hnas.search(jax.random.key(0), p, cfg)
+    assert len(set(st.evaluated.tolist())) == 9
+    for k in range(len(cfg.init_t), 9):  # each local step picks the argmin among the neighbours
+        before = hnas.State(st.pool, st.history[:k])
+        best = before.best().index
+        near = [j for j in ring(best) if p.scorable[j] and j not in before.evaluated.tolist()]
+        rec = st.history[k]
+        if near:
+            assert rec.index in near
+            f = hnas.objective(p.metric[near], p.kappa[near], rec.t, rec.c, cfg.s)
+            assert rec.index == near[int(np.argmin(f))]
+    probes = hnas.State(st.pool, st.history[:3])  # during the probes: the whole pool
+    np.testing.assert_array_equal(hnas.candidates(probes, p, cfg), np.flatnonzero(st.pool))
+    again = hnas.search(jax.random.key(0), p, cfg)
+    assert [r.index for r in st.history] == [r.index for r in again.history]
+    with pytest.raises(ValueError, match="neighbours"):
+        hnas.search(jax.random.key(0), synthetic(), cfg)
+    # every neighbour evaluated: back to the pool
+    full = hnas.State(st.pool, st.history)
+    p_all = p._replace(neighbours=lambda i: st.evaluated[:2])
+    np.testing.assert_array_equal(hnas.candidates(full, p_all, cfg), np.flatnonzero(st.pool))
+
 def test_baselines():
     p = synthetic()
     cfg = hnas.Config(budget=8, pool_step=50)
@@ -146,6 +176,7 @@ def test_nb201_problem_uses_the_shipped_tables():
     assert value == pytest.approx(float(bench.val12[6111, 1]))
     assert cost == pytest.approx(12 * float(bench.epoch_seconds[6111]))
     np.testing.assert_array_equal(p.kappa, table.values["ntk_cond"])
+    np.testing.assert_array_equal(p.neighbours(6111), nb201.neighbours(6111))
     rep = p.report(6111)
     assert rep["test200_cifar10"] == pytest.approx(94.3733, abs=1e-3)
     with pytest.raises(ValueError, match="dataset"):
@@ -171,6 +202,12 @@ def test_cli_search_writes_results(tmp_path, capsys):
     res = json.loads(out.read_text())
     assert res["protocol"]["config"]["nu_scale"] == "log"
     assert len(res["runs"][0]["history"]) == 6
+    assert cli.main(["search", "--metric", "synflow", "--trust-region", "--budget", "7",
+                     "--seeds", "1", "--out", str(out), "--quiet"]) == 0
+    hist = json.loads(out.read_text())["runs"][0]["history"]
+    best = max(hist[:5], key=lambda h: h["signal"])["index"]
+    assert hist[5]["index"] in nb201.neighbours(best)
+    assert cli.main(["search", "--method", "random", "--trust-region", "--out", str(out)]) == 2
     assert cli.main(["search", "--budget", "0", "--out", str(out)]) == 2
     assert cli.main(["search", "--out", str(tmp_path / "no" / "r.json")]) == 2
     assert "error" in capsys.readouterr().err

@@ -131,6 +131,19 @@ def test_index_round_trip():
             nb201.arch_at(bad)
 
 
+
+def test_neighbours_are_the_one_edit_architectures():
+    rng = np.random.default_rng(0)
+    for i in [0, BEST_INDEX, *rng.integers(0, nb201.NUM_ARCHS, 20)]:
+        ops = nb201.parse(nb201.arch_at(int(i)))
+        got = nb201.neighbours(int(i))
+        want = sorted(nb201.index_of(nb201.format_arch(ops[:e] + (o,) + ops[e + 1:]))
+                      for e in range(6) for o in nb201.OPS if o != ops[e])  # brute force
+        assert got.tolist() == want and len(set(want)) == 24
+        assert all(int(i) in nb201.neighbours(int(j)) for j in got)  # symmetric
+    with pytest.raises(IndexError):
+        nb201.neighbours(nb201.NUM_ARCHS)
+
 def test_shipped_table_equals_the_benchmark(nats, data_dir):
     pd = pytest.importorskip("pandas")
     archs = list(nb201.all_archs())

@@ -165,6 +165,28 @@ def arch_at(index: int) -> str:
     return all_archs()[i]
 
 
+@functools.lru_cache(maxsize=1)
+def _codes() -> tuple[np.ndarray, np.ndarray]:
+    """(15625, 6) op ids (into :data:`OPS`) of each index, and the index of each base-5 code
+    ``sum_e op_e 5^e``."""
+    ops = np.array([[OPS.index(o) for o in parse(a)] for a in all_archs()], np.int64)
+    where = np.empty(NUM_ARCHS, np.int64)
+    where[ops @ 5 ** np.arange(len(EDGES))] = np.arange(NUM_ARCHS)
+    return ops, where
+
+
+def neighbours(index: int) -> np.ndarray:
+    """The 24 indices one edit away from ``index`` (one edge set to one of the 4 other ops),
+    sorted. Example: ``arch_at(i)`` and ``arch_at(neighbours(i)[0])`` differ on one edge."""
+    arch_at(index)  # validates the index
+    ops, where = _codes()
+    own = ops[index]
+    code = own @ 5 ** np.arange(len(EDGES))
+    out = [code + (o - own[e]) * 5 ** e
+           for e in range(len(EDGES)) for o in range(len(OPS)) if o != own[e]]
+    return np.sort(where[np.array(out)])
+
+
 # ----------------------------------------------------------------------------- sampling
 
 def sample_indices(key: jax.Array, n: int, replace: bool = False) -> np.ndarray:

@@ -1,0 +1,56 @@
+"""jhnas.nn: the chunked convolution against lax's, in value and every derivative."""
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from jax import lax
+
+from jhnas import nn as jnn
+
+CASES = {  # name: (batch, in/out channels, conv keyword arguments)
+    "3x3": (10, (3, 4), dict(window_strides=(1, 1), padding=[(1, 1), (1, 1)])),
+    "strided dilated depthwise": (9, (4, 4), dict(window_strides=(2, 2), padding="SAME",
+                                                  rhs_dilation=(2, 2), feature_group_count=4)),
+}
+DN = ("NHWC", "HWIO", "NHWC")
+
+
+@pytest.mark.parametrize("name", CASES)
+def test_chunked_conv_equals_lax_in_float64(name):
+    n, (ci, co), kw = CASES[name]
+    groups = kw.get("feature_group_count", 1)
+    with jax.enable_x64(True):
+        kx, kw_, kt = jax.random.split(jax.random.key(0), 3)
+        x = jax.random.normal(kx, (n, 5, 5, ci), jnp.float64)
+        w = jax.random.normal(kw_, (3, 3, ci // groups, co), jnp.float64)
+        ref = functools.partial(lax.conv_general_dilated, dimension_numbers=DN, **kw)
+        ours = functools.partial(jnn.chunked_conv, dimension_numbers=DN, chunk=4, **kw)
+        np.testing.assert_allclose(ours(x, w), ref(x, w), rtol=1e-12)
+
+        def loss(f, x, w):
+            return jnp.sum(jnp.tanh(f(x, w)) ** 2)
+
+        for argnums in ((0, 1), 1, 0):  # both, the kernel alone (the chunked path), x alone
+            got = jax.grad(functools.partial(loss, ours), argnums)(x, w)
+            want = jax.grad(functools.partial(loss, ref), argnums)(x, w)
+            for g, h in zip(jax.tree.leaves(got), jax.tree.leaves(want)):
+                np.testing.assert_allclose(g, h, rtol=1e-10, atol=1e-12)
+        tx, tw = jax.random.normal(kt, x.shape, jnp.float64), jnp.ones_like(w)
+        np.testing.assert_allclose(jax.jvp(ours, (x, w), (tx, tw))[1],
+                                   jax.jvp(ref, (x, w), (tx, tw))[1], rtol=1e-10, atol=1e-12)
+        # Hessian-vector product (GraSP): forward over reverse and reverse over reverse
+        for hvp in (lambda f: jax.jvp(lambda w: jax.grad(functools.partial(loss, f), 1)(x, w), (w,),
+                                       (tw,))[1],
+                    lambda f: jax.grad(lambda w: jnp.vdot(
+                        jax.grad(functools.partial(loss, f), 1)(x, w), tw))(w)):
+            np.testing.assert_allclose(hvp(ours), hvp(ref), rtol=1e-9, atol=1e-11)
+        # vmapped per-sample gradients (batches of one are not chunked)
+        per = lambda f: jax.vmap(lambda xi: jax.grad(functools.partial(loss, f), 1)(xi[None], w))
+        np.testing.assert_allclose(per(ours)(x), per(ref)(x), rtol=1e-10, atol=1e-12)
+
+
+def test_chunked_conv_is_the_conv_of_jnn_Conv():
+    conv = jnn.Conv(3, 5, 3, padding=1)
+    assert conv.conv_general_dilated is jnn.chunked_conv
