@@ -48,7 +48,7 @@ def chunked_conv(lhs, rhs, window_strides, padding, *, dimension_numbers=None, c
     r"""``lax.conv_general_dilated`` (same arguments) with the weight gradient computed in chunks.
 
     The reverse-mode weight gradient of a convolution is :math:`\sum_n x_n \star dy_n`; XLA:CPU
-    computes it for the whole batch at once, 4 to 6 times slower than the forward convolution
+    computes it for the whole batch at once, about 7 times slower than the forward convolution
     on NB201's first stage (bench/results/xla_conv_grad.md). Here the JVP w.r.t. the kernel is
     written as the concatenation of the convolutions of ``chunk``-sample slices of the batch, so
     its transpose (the weight gradient) is a sum of small convolutions; forward, input gradient,
