@@ -112,25 +112,31 @@ def _fmt(r: dict, ds: str) -> str:
     return f"{r['mean']['test200_' + ds]:.2f} ± {r['std']['test200_' + ds]:.2f}"
 
 
-def _at(r: dict, k: int) -> str:
-    """CIFAR-10 test accuracy of the incumbent after ``k`` evaluations (mean ± std over seeds);
-    empty for training-free methods, which evaluate nothing."""
+def _first(r: dict, k: int) -> list[list[dict]] | None:
+    """Each seed's first ``k`` evaluations; None for training-free methods, which evaluate
+    nothing, or runs shorter than ``k``."""
     if r["mean"]["cost"] == 0 or min(len(run["history"]) for run in r["runs"]) < k:
+        return None
+    return [run["history"][:k] for run in r["runs"]]
+
+
+def _at(r: dict, k: int) -> str:
+    """CIFAR-10 test accuracy of the incumbent after ``k`` evaluations (mean ± std over seeds)."""
+    if (runs := _first(r, k)) is None:
         return ""
     bench = nb201.benchmark()
-    acc = [float(bench.test200[max(run["history"][:k], key=lambda h: h["signal"])["index"], 0])
-           for run in r["runs"]]
+    acc = [float(bench.test200[max(h, key=lambda e: e["signal"])["index"], 0]) for h in runs]
     return f"{np.mean(acc):.2f} ± {np.std(acc):.2f}"
 
 
 def _found(r: dict, k: int) -> str:
     """Seeds whose first ``k`` evaluations include the architecture with the best 12-epoch
     CIFAR-10 validation accuracy of the whole space (the best the signal can lead to)."""
-    if r["mean"]["cost"] == 0 or min(len(run["history"]) for run in r["runs"]) < k:
+    if (runs := _first(r, k)) is None:
         return ""
     best = int(np.argmax(nb201.benchmark().val12[:, 0]))
-    hits = sum(any(h["index"] == best for h in run["history"][:k]) for run in r["runs"])
-    return f"{hits} / {len(r['runs'])}"
+    hits = sum(any(e["index"] == best for e in h) for h in runs)
+    return f"{hits} / {len(runs)}"
 
 
 def report(res: dict) -> str:
@@ -148,9 +154,9 @@ def report(res: dict) -> str:
              "| method | CIFAR-10 | CIFAR-100 | ImageNet16-120 | cost s | CIFAR-10 after 10 "
              "evaluations | best-signal arch within 10 |", "|---|---|---|---|---|---|---|"]
     for name, r in res["A"].items():
+        r10 = res["A10"].get(name, r)
         lines.append(f"| {name} | " + " | ".join(_fmt(r, d) for d in nb201.DATASETS)
-                     + f" | {r['mean']['cost']:.0f} | {_at(res['A10'].get(name, r), 10)} | "
-                     f"{_found(res['A10'].get(name, r), 10)} |")
+                     + f" | {r['mean']['cost']:.0f} | {_at(r10, 10)} | {_found(r10, 10)} |")
     for name, v in PUBLISHED.items():
         lines.append(f"| {name} | " + " | ".join(f"{x:.2f}" for x in v) + " | | | |")
     lines += ["", "## Protocol B: each dataset searched with its own 12-epoch validation signal",

@@ -26,6 +26,7 @@ Writes bench/results/xla_conv_grad.{json,md}.
 from __future__ import annotations
 
 import json
+import os
 import platform
 import time
 from pathlib import Path
@@ -163,15 +164,16 @@ def main() -> None:
                                                               dimension_numbers=DN), w)[1](dy)[0]
         for name, f in [("dw_chunked", chunked), ("dw_im2col", dw_im2col), ("dw_shifted", dw_shifted),
                         ("dw_as_conv", dw_as_conv)]:
-            row[name] = best_ms(jax.jit(f), x, dy)
-            got = np.asarray(jax.jit(f)(x, dy))
+            f = jax.jit(f)
+            row[name] = best_ms(f, x, dy)
+            got = np.asarray(f(x, dy))
             row[name + "_rel_err"] = float(np.abs(got - want).max() / np.abs(want).max())
         row["torch_fwd_bwd"] = torch_ms(c, h)
         rows.append(row)
         print(row, flush=True)
     env = {"jax": jax.__version__, "python": platform.python_version(),
            "cpu": platform.processor() or platform.machine(),
-           "xla_flags": __import__("os").environ.get("XLA_FLAGS", "")}
+           "xla_flags": os.environ.get("XLA_FLAGS", "")}
     (RESULTS / "xla_conv_grad.json").write_text(json.dumps({"env": env, "rows": rows,
                                                             "network": network}, indent=1))
     lines = [f"# One 3x3 convolution on XLA:CPU, split (batch {BATCH}, float32, one core, best of "

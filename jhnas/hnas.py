@@ -216,8 +216,7 @@ def candidates(state: State, problem: Problem, config: Config = Config()) -> np.
     pool = np.flatnonzero(state.pool)
     if not config.trust_region or len(state.history) < len(config.init_t):
         return pool
-    if problem.neighbours is None:
-        raise ValueError("trust_region needs a problem with neighbours (an edit distance)")
+    _check_neighbours(config, problem)
     near = np.asarray(problem.neighbours(state.best().index), np.int64)
     near = np.setdiff1d(near[problem.scorable[near]], state.evaluated)
     return near if near.size else pool
@@ -267,12 +266,16 @@ def _check(config: Config) -> None:
         raise ValueError(f"nu_scale='log' needs s > 1 (sqrt(nu) = s**t), got {config.s}")
 
 
+def _check_neighbours(config: Config, problem: Problem) -> None:
+    if config.trust_region and problem.neighbours is None:
+        raise ValueError("trust_region needs a problem with neighbours (an edit distance)")
+
+
 def search(key: jax.Array, problem: Problem, config: Config = Config(), *,
            progress: bool = False) -> State:
     """HNAS for ``config.budget`` evaluations; step ``i`` uses ``fold_in(key, i)``."""
     _check(config)
-    if config.trust_region and problem.neighbours is None:
-        raise ValueError("trust_region needs a problem with neighbours (an edit distance)")
+    _check_neighbours(config, problem)  # before any (possibly costly) evaluation
     state = init(problem)
     for i in tqdm(range(config.budget), desc="hnas", disable=not progress, leave=False):
         state = step(jax.random.fold_in(key, i), state, problem, config)
