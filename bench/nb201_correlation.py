@@ -13,6 +13,11 @@ The sample: 200 architectures drawn without replacement with `jhnas score --samp
 Each architecture is compiled once and scored with init seeds 0 and 1 (seed-to-seed rank
 agreement); scores land in bench/results/nb201_sample200_seed{S}.shard{i}of{n}.csv (resumable;
 the `seconds` column of seed 0 includes the compilation, seed 1's does not).
+
+A metric whose definition was corrected after those shards were scored is rescored into tagged
+files, ``score --metrics fisher --tag fisher --compile blocks`` ->
+nb201_sample200_seed{S}.fisher.shard{i}of{n}.csv; the report takes a tagged file's columns over
+the untagged ones (fisher: the fan-in weighting of the official code, added 2026-11-25).
 The accuracies come from ../shared/data (NATS-Bench tss 200-epoch test accuracy).
 """
 from __future__ import annotations
@@ -66,11 +71,15 @@ def cmd_score(args) -> None:
     names = args.metrics.split(",")
     batch = data.default_batch(64)
     seeds = [int(s) for s in args.seeds.split(",")]
-    tables = {s: ResultsCSV(RESULTS / f"nb201_sample{N_ARCHS}_seed{s}.shard{i}of{n}.csv",
+    tag = f".{args.tag}" if args.tag else ""
+    tables = {s: ResultsCSV(RESULTS / f"nb201_sample{N_ARCHS}_seed{s}{tag}.shard{i}of{n}.csv",
                             ["arch", *names, "seconds"]) for s in seeds}
     todo = [a for a in sample_archs()[i::n] if any(a not in t for t in tables.values())]
     for arch in tqdm(todo, desc=f"shard {i}/{n}", unit="arch"):
-        net = from_flax(nb201.NB201Net(arch, num_classes=10, C=16, N=5, preset="hnas"))
+        if args.compile == "network":
+            net = from_flax(nb201.NB201Net(arch, num_classes=10, C=16, N=5, preset="hnas"))
+        else:
+            net = nb201.make_net(arch, compile=args.compile, C=16, N=5, preset="hnas")
         fn = metrics_fn(net, names)
         for s in seeds:
             t = time.perf_counter()
@@ -80,11 +89,20 @@ def cmd_score(args) -> None:
 
 
 def load_scores(seed: int) -> dict[str, dict[str, float]]:
-    rows = {}
-    for f in sorted(glob.glob(str(RESULTS / f"nb201_sample{N_ARCHS}_seed{seed}.shard*.csv"))):
+    """arch -> metric -> value; tagged rescoring files override the untagged shards' columns
+    (their ``seconds`` is kept as ``seconds_<tag>``)."""
+    rows: dict[str, dict[str, float]] = {}
+    stem = f"nb201_sample{N_ARCHS}_seed{seed}"
+    untagged = sorted(glob.glob(str(RESULTS / f"{stem}.shard*.csv")))
+    tagged = sorted(set(glob.glob(str(RESULTS / f"{stem}.*.shard*.csv"))) - set(untagged))
+    for f in untagged + tagged:
+        tag = Path(f).name.split(".")[1] if f in tagged else ""
         with open(f) as fh:
             for r in csv.DictReader(fh):
-                rows[r["arch"]] = {k: float(v) for k, v in r.items() if k != "arch"}
+                row = rows.setdefault(r["arch"], {})
+                for k, v in r.items():
+                    if k != "arch":
+                        row[f"seconds_{tag}" if tag and k == "seconds" else k] = float(v)
     return rows
 
 
@@ -173,6 +191,8 @@ def main() -> None:
     s.add_argument("--seeds", default="0,1", help="init seeds, all computed per compile")
     s.add_argument("--shard", default="0/1", help="i/n: score every n-th arch from i")
     s.add_argument("--metrics", default=",".join(DEFAULT))
+    s.add_argument("--tag", default="", help="write to ..._seed{S}.<tag>.shard*.csv (rescoring)")
+    s.add_argument("--compile", choices=("network", "blocks"), default="network")
     s.set_defaults(func=cmd_score)
     r = sub.add_parser("report")
     r.set_defaults(func=cmd_report)

@@ -65,7 +65,7 @@ OUT = RESULTS / "torch_vs_jax"
 STATIC = "|nor_conv_3x3~0|+|nor_conv_3x3~0|avg_pool_3x3~1|+|skip_connect~0|nor_conv_1x1~1|nor_conv_3x3~2|"
 ONE_THREAD_XLA = "--xla_cpu_multi_thread_eigen=false"
 EDGES = ((1, 0), (2, 0), (2, 1), (3, 0), (3, 1), (3, 2))
-TORCH_METRICS = ("grad_norm", "snip", "grasp", "ntk_trace", "ntk_cond")
+TORCH_METRICS = ("grad_norm", "snip", "grasp", "fisher", "ntk_trace", "ntk_cond")
 NAN_KAPPA = 1e5  # what the official code returns for a NaN condition number
 
 
@@ -305,6 +305,32 @@ def grasp(net, x, y) -> float:
     return float(sum((-w.detach() * w.grad).sum() for w in weights))
 
 
+def fisher(net, x, y) -> float:
+    """Per output channel c of each Conv2d/Linear output a: F_c = 0.5 mean_i (sum_spatial a dL/da)^2;
+    each F_c is copied to the channel's weight[c] slice (weight[0].numel() copies) and summed."""
+    net = copy.deepcopy(net)
+    acts, backs, handles = {}, {}, []
+
+    def forward_hook(mod, inputs, out):
+        acts[mod] = out.detach()
+        out.register_hook(lambda g: backs.__setitem__(mod, g.detach()))
+
+    for m in _layers(net):
+        handles.append(m.register_forward_hook(forward_hook))
+    try:
+        net.zero_grad()
+        F.cross_entropy(net(x), y).backward()
+    finally:
+        for h in handles:
+            h.remove()
+    total = 0.0
+    for m in _layers(net):
+        if m in backs:
+            g_nc = (acts[m] * backs[m]).flatten(2).sum(2) if acts[m].dim() > 2 else acts[m] * backs[m]
+            total += float((0.5 * g_nc.pow(2).mean(0)).sum()) * m.weight[0].numel()
+    return total
+
+
 def func_gram(net, x, y, chunk_size: int | None = None) -> torch.Tensor:
     """Per-sample NTK by torch.func: vmap(grad) of the single-sample true-label logit (each sample
     normalised by its own BatchNorm statistics, like jhnas's ``per_sample``)."""
@@ -324,8 +350,8 @@ def func_gram(net, x, y, chunk_size: int | None = None) -> torch.Tensor:
     return g @ g.T
 
 
-TORCH_FNS = {"grad_norm": grad_norm, "snip": snip, "grasp": grasp, "ntk_trace": ntk_trace,
-             "ntk_cond": ntk_cond}
+TORCH_FNS = {"grad_norm": grad_norm, "snip": snip, "grasp": grasp, "fisher": fisher,
+             "ntk_trace": ntk_trace, "ntk_cond": ntk_cond}
 
 
 def torch_metrics(net, x, y) -> dict[str, float]:
@@ -407,7 +433,7 @@ def bench_blocks(archs, batch, cells=5) -> list[dict]:
                 lambda n: metrics_fn(net, [n])(params, batch)[n], name)
         both, r["jax_s"]["ntk_both"] = _timed(
             lambda: metrics_fn(net, ["ntk_trace", "ntk_cond"])(params, batch))
-        _, r["jax_s"]["all5"] = _timed(lambda: metrics_fn(net, list(TORCH_METRICS))(params, batch))
+        _, r["jax_s"]["all"] = _timed(lambda: metrics_fn(net, list(TORCH_METRICS))(params, batch))
         r["jax_compiles"] = len(events) - before
         r["jax_compile_s"] = sum(events[before:])
         r["kappa_guarded"] = r["jax"]["ntk_cond"] >= 0.999 / jntk.cond_floor(batch.x.shape[0])
@@ -907,12 +933,13 @@ def report(res: dict) -> str:
             L.append(f"| {label} | {t:.2f} | {j:.2f} | {j / t:.2f}x |")
         t_off = statistics.mean(r["torch_s"]["ntk_official"] for r in rows)
         j_both = statistics.mean(r["jax_s"]["ntk_both"] for r in rows)
-        jt = statistics.mean(r["jax_s"]["all5"] for r in rows)
+        jt = statistics.mean(r["jax_s"]["all"] for r in rows)
         tt = statistics.mean(sum(r["torch_s"][m] for m in TORCH_METRICS) for r in rows)
         jb = statistics.mean(r["jax_s"]["build"] for r in rows)
         tb = statistics.mean(r["torch_s"]["build"] for r in rows)
         steady = [r for r in rows if r["jax_compiles"] == 0]
-        L += [f"| all five metrics (torch: five calls; jhnas: one `metrics_fn`, shared passes) | "
+        L += [f"| all {len(TORCH_METRICS)} metrics (torch: one call each; jhnas: one `metrics_fn`, "
+              "shared passes) | "
               f"{tt:.2f} | {jt:.2f} | {jt / tt:.2f}x |",
               f"| build (torch: module + weight copy; jhnas: make_net + init) | {tb:.2f} | "
               f"{jb:.2f} | {jb / tb:.2f}x |", "",

@@ -16,7 +16,9 @@ per-layer arrays summed to one scalar. With W the kernels of the Conv/Dense laye
 grad_norm   sum over layers of ||dL/dW_l||_F
 snip        sum |W * dL/dW|
 grasp       sum -W * (H g), g = dL/dW held fixed, H g = d<g, dL/dW>/dW (signed)
-fisher      per output channel c of each layer output a: 0.5 mean_i (sum_spatial a dL/da)^2
+fisher      per output channel c of each layer output a: F_c = 0.5 mean_i (sum_spatial a dL/da)^2;
+            the official code copies F_c to each of the fan_in weights of channel c and sums, so
+            a layer counts fan_in * sum_c F_c (fan_in = C_in / groups * prod(kernel size))
 synflow     float64, BN off, |all params|, input all-ones (1, H, W, 3), R = sum logits:
             sum |W * dR/dW| (can exceed 1e30)
 jacob_cov   J = d(sum logits)/dx per sample, C = corrcoef(J), -sum(log(l + 1e-5) + 1/(l + 1e-5))
@@ -102,10 +104,16 @@ def _loss_grad(net: Net, merge, kernels, x, y):
     return jax.grad(lambda w: cross_entropy(net.apply(merge(w), x), y))(kernels)
 
 
-def _fisher(a: jax.Array, g: jax.Array) -> jax.Array:
-    """One layer: per output channel 0.5 * mean_i (sum_spatial a * dL/da)^2, summed."""
+def _fisher(spec, x: jax.Array, a: jax.Array, g: jax.Array) -> jax.Array:
+    """One layer with input x, output a and dL/da: fan_in * sum_c 0.5 mean_i (sum_spatial a g)^2.
+
+    The fan_in factor is the official code's broadcast of each channel's value over the
+    channel's kernel slice (``reshape_elements`` in the zero-cost code) before everything is
+    summed; without it 3x3 convolutions and the classifier are under-weighted.
+    """
     n, c = a.shape[0], a.shape[-1]
-    return (0.5 * ((a * g).reshape(n, -1, c).sum(1) ** 2).mean(0)).sum()
+    fan_in = x.shape[-1] // spec.groups * math.prod(spec.kernel_size)
+    return fan_in * (0.5 * ((a * g).reshape(n, -1, c).sum(1) ** 2).mean(0)).sum()
 
 
 def _device_passes(net: Net, passes: frozenset[str], zico_splits: int):
@@ -129,7 +137,8 @@ def _device_passes(net: Net, passes: frozenset[str], zico_splits: int):
                 g_w, g_dy, _ = vjp(jax.grad(cross_entropy)(logits, y))
                 out.update(_grad_stats(kernels, g_w))
             if "loss" in passes:
-                out["fisher"] = sum(_fisher(taps.outputs[p], g_dy[p]) for p in specs)
+                out["fisher"] = sum(_fisher(s, taps.inputs[p], taps.outputs[p], g_dy[p])
+                                    for p, s in specs.items())
             if "ntk" in passes:
                 ct = ntk_lib.output_cotangents(logits, y, "label")
                 deltas = jax.vmap(lambda c: vjp(c)[1])(ct)

@@ -271,9 +271,10 @@ def oracle_metrics(w, arch, x, y, bn):
     out["grasp"] = float(-np.sum(r["v"] * (hess @ r["gv"])))
 
     fisher = 0.0
-    for a, da in r["fisher"]:
+    for (a, da), k in zip(r["fisher"], r["kernels"]):
         g_nc = (a * da).reshape(n, -1, a.shape[-1]).sum(1)  # (N, C): sum over spatial
-        fisher += float(np.sum(0.5 * np.mean(g_nc ** 2, axis=0)))
+        # as the official code: each channel's value copied to its kernel slice, then summed
+        fisher += float(np.sum(np.broadcast_to(0.5 * np.mean(g_nc ** 2, axis=0), k.shape)))
     out["fisher"] = fisher
 
     out["synflow"] = sum(float(np.abs(k * g).sum()) for k, g in zip(r["syn_k"], r["syn_g"]))
