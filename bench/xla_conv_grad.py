@@ -9,7 +9,8 @@ core. Per shape, the best of 7 runs (after one warm-up call) of:
 * ``fwd``: ``lax.conv_general_dilated`` (NHWC/HWIO); ``dx``: the input VJP alone; ``dw``: the
   weight VJP alone (what ``jax.grad`` emits);
 * ``dw chunked``: the weight VJP of :func:`jhnas.nn.chunked_conv` (the convolution of jhnas's
-  search spaces: a sum of per-chunk weight gradients, ``CONV_CHUNK`` samples each);
+  search spaces: a sum of per-chunk weight gradients, ``CONV_CHUNK`` samples each), and the
+  same with chunks of each size in ``CHUNKS`` (how the default was chosen);
 * ``dw`` reformulated: ``im2col`` (the 9 shifted copies concatenated, one matmul), ``shifted``
   (9 matmuls ``x_shift^T dy``), ``as_conv`` (the weight gradient written as a VALID convolution
   with the batch as the contracted feature);
@@ -17,9 +18,9 @@ core. Per shape, the best of 7 runs (after one warm-up call) of:
   with one thread, when torch is installed.
 
 And the whole gradient step: ``jit(grad)`` of the mean cross-entropy of the NB201 network (5
-cells, batch 64, train-mode BN, one monolithic compilation) with ``chunked_conv`` and with plain
-``lax.conv_general_dilated`` (chunk = batch), alternated, best of 14 runs each, compile time
-apart.
+cells, batch 64, train-mode BN, one monolithic compilation) with plain
+``lax.conv_general_dilated`` (chunk = batch) and with ``chunked_conv`` at chunks of 16 and
+``CONV_CHUNK`` samples, alternated, best of 14 runs each, compile time apart.
 
 Writes bench/results/xla_conv_grad.{json,md}.
 """
@@ -41,6 +42,7 @@ from jhnas.nn import CONV_CHUNK, chunked_conv
 RESULTS = Path(__file__).resolve().parent / "results"
 SHAPES = [(16, 32), (32, 16), (64, 8)]  # (channels, spatial size) of the NB201 stages
 BATCH, REPEAT = 64, 7
+CHUNKS = (4, 8, 16, 32)
 DN = ("NHWC", "HWIO", "NHWC")
 
 
@@ -115,7 +117,7 @@ def network_steps(arch: str) -> dict:
 
     x, y = data.default_batch(BATCH)
     saved, steps, out = jhnas.nn.chunked_conv, {}, {"arch": arch}
-    for name, chunk in (("plain", BATCH), ("chunked", CONV_CHUNK)):
+    for name, chunk in (("plain", BATCH), ("chunked_16", 16), ("chunked", CONV_CHUNK)):
         # the search spaces read jhnas.nn.chunked_conv when their modules are built
         jhnas.nn.chunked_conv = functools.partial(saved, chunk=chunk)
         try:
@@ -137,7 +139,8 @@ def network_steps(arch: str) -> dict:
     out.update({f"run_s_{name}": min(v) for name, v in times.items()})
     g = {name: np.concatenate([np.ravel(a) for a in jax.tree.leaves(step())])
          for name, step in steps.items()}
-    out["rel_err"] = float(np.abs(g["plain"] - g["chunked"]).max() / np.abs(g["plain"]).max())
+    out["rel_err"] = max(float(np.abs(g["plain"] - g[k]).max() / np.abs(g["plain"]).max())
+                         for k in g if k != "plain")
     return out
 
 
@@ -162,8 +165,10 @@ def main() -> None:
         want = np.asarray(ref(x, dy))
         chunked = lambda x, dy: jax.vjp(lambda w: chunked_conv(x, w, (1, 1), "SAME",
                                                               dimension_numbers=DN), w)[1](dy)[0]
+        sweep = [(f"dw_chunk{k}", lambda x, dy, k=k: jax.vjp(lambda w: chunked_conv(
+            x, w, (1, 1), "SAME", dimension_numbers=DN, chunk=k), w)[1](dy)[0]) for k in CHUNKS]
         for name, f in [("dw_chunked", chunked), ("dw_im2col", dw_im2col), ("dw_shifted", dw_shifted),
-                        ("dw_as_conv", dw_as_conv)]:
+                        ("dw_as_conv", dw_as_conv), *sweep]:
             f = jax.jit(f)
             row[name] = best_ms(f, x, dy)
             got = np.asarray(f(x, dy))
@@ -190,14 +195,22 @@ def main() -> None:
     lines += ["", "The reformulated weight gradients agree with XLA's to "
               f"{max(r[k] for r in rows for k in r if k.endswith('_rel_err')):.1e} (max relative "
               "difference).", "",
+              "Weight gradient (ms) by chunk size, the sweep behind the default `CONV_CHUNK` = "
+              f"{CONV_CHUNK}:", "",
+              "| C, size | " + " | ".join(f"chunk {k}" for k in CHUNKS) + " |",
+              "|---|" + "---|" * len(CHUNKS),
+              *(f"| {r['channels']}, {r['size']}x{r['size']} | " + " | ".join(
+                  f"{r[f'dw_chunk{k}']:.1f}" for k in CHUNKS) + " |" for r in rows), "",
               f"## The NB201 gradient step (jit(grad) of the mean cross-entropy, 5 cells, batch "
               f"{BATCH}, train-mode BN)", "",
               f"| convolution | compile s | run s (best of {2 * REPEAT}, alternated) |",
               "|---|---|---|",
               f"| lax.conv_general_dilated | {network['compile_s_plain']:.1f} | "
               f"{network['run_s_plain']:.2f} |",
-              f"| jhnas.nn.chunked_conv ({CONV_CHUNK} samples) | {network['compile_s_chunked']:.1f} "
-              f"| {network['run_s_chunked']:.2f} |", "",
+              f"| jhnas.nn.chunked_conv (16 samples) | {network['compile_s_chunked_16']:.1f} "
+              f"| {network['run_s_chunked_16']:.2f} |",
+              f"| jhnas.nn.chunked_conv ({CONV_CHUNK} samples, the default) | "
+              f"{network['compile_s_chunked']:.1f} | {network['run_s_chunked']:.2f} |", "",
               f"Speed-up {network['run_s_plain'] / network['run_s_chunked']:.2f}x; gradients "
               f"agree to {network['rel_err']:.1e} (max relative difference). Architecture "
               f"`{network['arch']}`.", ""]

@@ -38,6 +38,7 @@ the same signature (none of the built-in ones draws random numbers).
 """
 from __future__ import annotations
 
+import functools
 import math
 import warnings
 from typing import Any, Callable, Mapping, NamedTuple, Sequence
@@ -82,7 +83,7 @@ METRICS: dict[str, Metric] = {
     "grad_norm": Metric(frozenset({"loss"}), lambda r: float(r["grad_norm"])),
     "snip": Metric(frozenset({"loss"}), lambda r: float(r["snip"])),
     "grasp": Metric(frozenset({"grasp"}), lambda r: float(r["grasp"])),
-    "fisher": Metric(frozenset({"loss"}), lambda r: float(r["fisher"]), needs_taps=True),
+    "fisher": Metric(frozenset({"fisher"}), lambda r: float(r["fisher"]), needs_taps=True),
     "synflow": Metric(frozenset({"synflow"}), lambda r: float(r["synflow"])),
     "jacob_cov": Metric(frozenset({"jacob"}), lambda r: _jacob_cov(r["jacob"])),
     "naswot": Metric(frozenset({"naswot"}), lambda r: _logdet(r["naswot_k"]), needs_taps=True),
@@ -104,25 +105,48 @@ def _loss_grad(net: Net, merge, kernels, x, y):
     return jax.grad(lambda w: cross_entropy(net.apply(merge(w), x), y))(kernels)
 
 
-def _fisher(spec, x: jax.Array, a: jax.Array, g: jax.Array) -> jax.Array:
-    """One layer with input x, output a and dL/da: fan_in * sum_c 0.5 mean_i (sum_spatial a g)^2.
+@functools.partial(jax.jit, static_argnums=0)
+def _fisher(fan_in: int, a: jax.Array, g: jax.Array) -> jax.Array:
+    """One layer with output a and dL/da: fan_in * sum_c 0.5 mean_i (sum_spatial a g)^2.
 
     The fan_in factor is the official code's broadcast of each channel's value over the
     channel's kernel slice (``reshape_elements`` in the zero-cost code) before everything is
     summed; without it 3x3 convolutions and the classifier are under-weighted.
     """
     n, c = a.shape[0], a.shape[-1]
-    fan_in = x.shape[-1] // spec.groups * math.prod(spec.kernel_size)
     return fan_in * (0.5 * ((a * g).reshape(n, -1, c).sum(1) ** 2).mean(0)).sum()
 
 
+def _fan_in(spec, x: jax.Array) -> int:
+    return x.shape[-1] // spec.groups * math.prod(spec.kernel_size)
+
+
+@jax.jit
+def _grad_stats_layer(w: jax.Array, g: jax.Array) -> jax.Array:
+    """(||g||_F, sum |w * g|) of one layer."""
+    return jnp.stack([jnp.sqrt((g ** 2).sum()), jnp.abs(w * g).sum()])
+
+
+def _grad_stats(kernels, grads):
+    # One jitted call per layer (not per array operation): a net of compiled blocks runs this
+    # glue eagerly, and the jitted layer function is shared by every layer of the same shape.
+    s = sum(_grad_stats_layer(w, g) for w, g in zip(kernels, grads))
+    return {"grad_norm": s[0], "snip": s[1]}
+
+
 def _device_passes(net: Net, passes: frozenset[str], zico_splits: int):
-    """The jit-able part: every needed quantity from as few forward/backward passes as possible."""
+    """The jit-able part: every needed quantity from as few forward/backward passes as possible.
+
+    The tapped forward pass (layer inputs, outputs and output cotangents) is used only when a
+    quantity needs it (fisher, the NTK, naswot); otherwise the loss gradient and jacob_cov share
+    a plain forward pass.
+    """
+    loss_pass = passes & {"loss", "grasp", "fisher"}
 
     def run(params, x, y):
         out = {}
         kernels, merge = ntk_lib.split_params(params, ntk_lib.param_mask(params, "kernels"))
-        if passes & {"loss", "grasp", "ntk", "jacob", "naswot"} and net.tapped is not None:
+        if passes & {"fisher", "ntk", "naswot"} and net.tapped is not None:
             # One tapped forward pass serves the loss gradient, Fisher, the NTK, jacob_cov and
             # NASWOT; each backward pass below reuses it.
             specs, dy0 = net.layers(params, x)
@@ -133,11 +157,11 @@ def _device_passes(net: Net, passes: frozenset[str], zico_splits: int):
 
             logits, vjp, (taps, relus) = jax.vjp(fwd, kernels, dy0, x, has_aux=True)
             n = logits.shape[0]
-            if passes & {"loss", "grasp"}:
+            if loss_pass:
                 g_w, g_dy, _ = vjp(jax.grad(cross_entropy)(logits, y))
                 out.update(_grad_stats(kernels, g_w))
-            if "loss" in passes:
-                out["fisher"] = sum(_fisher(s, taps.inputs[p], taps.outputs[p], g_dy[p])
+            if "fisher" in passes:
+                out["fisher"] = sum(_fisher(_fan_in(s, taps.inputs[p]), taps.outputs[p], g_dy[p])
                                     for p, s in specs.items())
             if "ntk" in passes:
                 ct = ntk_lib.output_cotangents(logits, y, "label")
@@ -151,12 +175,16 @@ def _device_passes(net: Net, passes: frozenset[str], zico_splits: int):
                                      "the network's ReLUs")
                 c = jnp.concatenate([(r > 0).reshape(n, -1).astype(jnp.float32) for r in relus], 1)
                 out["naswot_k"] = c @ c.T + (1 - c) @ (1 - c).T
-        else:
-            if passes & {"loss", "grasp"}:
-                g_w = _loss_grad(net, merge, kernels, x, y)
+        elif loss_pass or "jacob" in passes:
+            if "jacob" in passes:
+                logits, vjp = jax.vjp(lambda w, xx: net.apply(merge(w), xx), kernels, x)
+            else:  # no input gradient needed
+                logits, vjp = jax.vjp(lambda w: net.apply(merge(w), x), kernels)
+            if loss_pass:
+                g_w = vjp(jax.grad(cross_entropy)(logits, y))[0]
                 out.update(_grad_stats(kernels, g_w))
             if "jacob" in passes:
-                out["jacob"] = jax.grad(lambda xx: net.apply(params, xx).sum())(x)
+                out["jacob"] = vjp(jnp.ones_like(logits))[1]
         if "grasp" in passes:  # H g by forward-over-reverse, g from the loss pass
             _, hg = jax.jvp(lambda w: _loss_grad(net, merge, w, x, y), (kernels,), (list(g_w),))
             out["grasp"] = sum((-w * h).sum() for w, h in zip(kernels, hg))
@@ -173,11 +201,6 @@ def _device_passes(net: Net, passes: frozenset[str], zico_splits: int):
         return out
 
     return run
-
-
-def _grad_stats(kernels, grads):
-    return {"grad_norm": sum(jnp.sqrt((g ** 2).sum()) for g in grads),
-            "snip": sum(jnp.abs(w * g).sum() for w, g in zip(kernels, grads))}
 
 
 def _synflow_fn(net: Net):

@@ -1,4 +1,4 @@
-"""jhnas.nn: the chunked convolution against lax's, in value and every derivative."""
+"""jhnas.nn: the chunked convolution and the shifted-slice average pool against lax and flax."""
 import functools
 
 import jax
@@ -54,3 +54,17 @@ def test_chunked_conv_equals_lax_in_float64(name):
 def test_chunked_conv_is_the_conv_of_jnn_Conv():
     conv = jnn.Conv(3, 5, 3, padding=1)
     assert conv.conv_general_dilated is jnn.chunked_conv
+
+
+@pytest.mark.parametrize("stride,size", [(1, 5), (1, 4), (2, 5), (2, 6)])
+def test_avg_pool_3x3_equals_flax_avg_pool_in_float64(stride, size):
+    import flax.linen as nn
+    with jax.enable_x64(True):
+        x = jax.random.normal(jax.random.key(1), (2, size, size + 1, 3), jnp.float64)
+        ref = functools.partial(nn.avg_pool, window_shape=(3, 3), strides=(stride, stride),
+                                padding=((1, 1), (1, 1)), count_include_pad=False)
+        ours = functools.partial(jnn.avg_pool_3x3, stride=stride)
+        np.testing.assert_allclose(ours(x), ref(x), rtol=1e-13)
+        ct = jax.random.normal(jax.random.key(2), ref(x).shape, jnp.float64)
+        np.testing.assert_allclose(jax.vjp(ours, x)[1](ct)[0], jax.vjp(ref, x)[1](ct)[0],
+                                   rtol=1e-12, atol=1e-14)

@@ -169,7 +169,7 @@ class SepConv(nn.Module):
 def _pool(x, kind: str, stride: int):
     if kind == "max":
         return nn.max_pool(x, (3, 3), (stride, stride), ((1, 1), (1, 1)))
-    return nn.avg_pool(x, (3, 3), (stride, stride), ((1, 1), (1, 1)), count_include_pad=False)
+    return jnn.avg_pool_3x3(x, stride)
 
 
 def apply_op(module: nn.Module, op: str, x, c: int, stride: int, name: str):

@@ -248,11 +248,6 @@ def _bn(affine: bool = True, name: str | None = None) -> nn.BatchNorm:
                         use_bias=affine, use_scale=affine, name=name)
 
 
-def _avg_pool_3x3(x: jax.Array) -> jax.Array:
-    return nn.avg_pool(x, (3, 3), strides=(1, 1), padding=((1, 1), (1, 1)),
-                       count_include_pad=False)
-
-
 class ReLUConvBN(nn.Module):
     """``BN(conv_k(relu(x)))``, padding (k-1)//2: (B, H, W, c_in) -> (B, H/s, W/s, c_out)."""
     c_in: int
@@ -294,7 +289,7 @@ class Cell(nn.Module):
                 if op == "none":
                     h = h * 0.0  # not zeros_like: XLA constant-folds the dead branch, slowly
                 elif op == "avg_pool_3x3":
-                    h = _avg_pool_3x3(h)
+                    h = jnn.avg_pool_3x3(h)
                 elif op in ("nor_conv_1x1", "nor_conv_3x3"):
                     h = ReLUConvBN(self.channels, self.channels, 1 if op == "nor_conv_1x1" else 3,
                                    conv_bias=hnas, affine=not hnas, use_bn=self.use_bn,
@@ -397,7 +392,7 @@ class _FreeOp(nn.Module):
     def __call__(self, x: jax.Array) -> jax.Array:
         if self.op == "none":
             return x * 0.0
-        return _avg_pool_3x3(x) if self.op == "avg_pool_3x3" else x
+        return jnn.avg_pool_3x3(x) if self.op == "avg_pool_3x3" else x
 
 
 def blocks(arch: str, *, num_classes: int = 10, C: int = 16, N: int = 5, preset: str = "hnas",
