@@ -25,6 +25,8 @@ PROTOCOL = {
     "batch": "the first 64 embedded CIFAR-10 training images (jhnas.data.default_batch(64)), "
              "true labels, CIFAR normalisation",
     "scorer": "jhnas score / bench/score_space.py with compile=blocks",
+    "fisher": "with the official code's fan-in weighting (rescored 2026-11-25 in "
+              "nb201_space/fisher; the unweighted values were removed from the older shards)",
     "jax": jax.__version__, "flax": flax.__version__,
 }
 
