@@ -21,8 +21,8 @@ from typing import Sequence
 
 import flax.linen as nn
 import jax
-import numpy as np
 import jax.numpy as jnp
+import numpy as np
 from jax import lax
 from jax.custom_derivatives import SymbolicZero
 
