@@ -2,6 +2,7 @@
 
   taskset -c 1 python bench/torch_reference.py             # writes results/torch_vs_jax.{md,json}
   python bench/torch_reference.py --archs 2 --network-archs 0 --float64-archs 1   # smoke run
+  taskset -c 1 python bench/torch_reference.py pool        # M + kappa of 60 archs, cold start
   taskset -c 1 python bench/torch_reference.py xla-flags   # XLA:CPU settings vs the gradient step
   python bench/torch_reference.py memory                   # only the peak-memory table
   python bench/torch_reference.py report                   # rewrite the .md from the .json
@@ -610,6 +611,70 @@ def memory_table() -> dict:
     return out
 
 
+def child_pool(n_archs: int, cells: int = 5) -> dict:
+    """HNAS's workload in a fresh process (cold: no jhnas compilation yet): M and kappa of
+    ``n_archs`` architectures, official-style torch (network built, weights copied, the NTK
+    computed once for M and again for kappa) against jhnas (``make_net`` + init + one
+    ``metrics_fn(net, ["ntk_trace", "ntk_cond"])``), every compilation counted where it happens."""
+    from jhnas import data, score
+    from jhnas.metrics import metrics_fn
+    from jhnas.spaces import nb201
+    events = _compile_events()
+    batch = data.default_batch(64)
+    xt, yt = torch_batch(batch)
+    archs = [STATIC] + nb201.sample(score.keys(0)[0], n_archs - 1)
+    rows = []
+    for i, arch in enumerate(archs):
+        before = len(events)
+        t = time.perf_counter()
+        net, params = jhnas_setup(arch, batch, N=cells)
+        j = metrics_fn(net, ["ntk_trace", "ntk_cond"])(params, batch)
+        jax_s = time.perf_counter() - t
+        compiles, compile_s = len(events) - before, sum(events[before:])
+        t = time.perf_counter()
+        m = ntk_trace(torch_net(arch, params, N=cells), xt, yt)
+        k = ntk_cond(torch_net(arch, params, N=cells), xt, yt)
+        torch_s = time.perf_counter() - t
+        rows.append({"arch": arch, "jax_s": jax_s, "torch_s": torch_s, "compiles": compiles,
+                     "compile_s": compile_s, "rel_M": rel(m, j["ntk_trace"]),
+                     "rel_kappa": rel(k, j["ntk_cond"])})
+        print(f"pool {i + 1:3d} torch {torch_s:5.2f} s  jax {jax_s:5.2f} s  compiles {compiles}",
+              flush=True)
+    return {"versions": versions(), "cells": cells, "rows": rows}
+
+
+def pool_table(pool: dict) -> list[str]:
+    rows = pool["rows"]
+    n = len(rows)
+    L = ["", f"## M + kappa for a pool of {n} architectures, cold start (HNAS's workload; "
+         f"{pool.get('cells', 5)} cells per stage)", "",
+         "A fresh process with no compilation cached; per architecture: torch official style "
+         "(build, copy the weights, the NTK once for M and again for kappa) and jhnas "
+         "(`make_net` + init + one `metrics_fn(net, [\"ntk_trace\", \"ntk_cond\"])` on compiled "
+         "blocks), one core each, alternating. Amortised = total seconds, compilations "
+         "included, over the first k architectures.", "",
+         "| first k architectures | torch s / arch | jhnas s / arch | torch / jhnas |",
+         "|---|---|---|---|"]
+    for k in sorted({min(k, n) for k in (5, 15, 30, n)}):
+        t = sum(r["torch_s"] for r in rows[:k]) / k
+        j = sum(r["jax_s"] for r in rows[:k]) / k
+        L.append(f"| {k} | {t:.2f} | {j:.2f} | {t / j:.2f}x |")
+    steady = [r for r in rows if r["compiles"] == 0]
+    comp = [i for i, r in enumerate(rows) if r["compiles"]]
+    L.append("")
+    if steady:
+        t = statistics.mean(r["torch_s"] for r in steady)
+        j = statistics.mean(r["jax_s"] for r in steady)
+        L.append(f"Steady state ({len(steady)} architectures that compiled nothing): torch "
+                 f"{t:.2f} s, jhnas {j:.2f} s ({t / j:.2f}x).")
+    L.append(f"jhnas compiled {sum(r['compiles'] for r in rows)} functions "
+             f"({sum(r['compile_s'] for r in rows):.0f} s of compilation) in architectures "
+             f"{comp}. Relative difference torch vs jhnas: M median "
+             f"{statistics.median(r['rel_M'] for r in rows):.1e}, kappa median "
+             f"{statistics.median(r['rel_kappa'] for r in rows):.1e}.")
+    return L
+
+
 # ----------------------------------------------------------------------------- XLA:CPU settings
 
 XLA_VARIANTS = {
@@ -821,13 +886,14 @@ def _pin_threads():
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("command", nargs="?", default="bench",
-                   choices=["bench", "xla-flags", "memory", "report", "_memory",
+                   choices=["bench", "pool", "xla-flags", "memory", "report", "_memory",
                             "_grad_step"])
     p.add_argument("extra", nargs="*")
     p.add_argument("--archs", type=int, default=15, help="random architectures (seed-0 sample)")
     p.add_argument("--network-archs", type=int, default=2,
                    help="of which the first k also run with compile='network'")
     p.add_argument("--float64-archs", type=int, default=4)
+    p.add_argument("--pool-archs", type=int, default=60, help="architectures of the pool command")
     p.add_argument("--no-memory", action="store_true")
     p.add_argument("--cells", type=int, default=5, help="cells per stage (smoke runs: 1)")
     p.add_argument("--batch", type=int, default=64)
@@ -849,6 +915,8 @@ def main(argv=None) -> None:
     _pin_threads()
     if args.command == "memory":
         res["memory"] = memory_table()
+    elif args.command == "pool":
+        res["pool"] = child_pool(args.pool_archs, args.cells)
     elif args.command == "xla-flags":
         res["xla_flags"] = {"versions": versions(), "load_before": _load(),
                             "variants": xla_flags_study(), "load_after": _load()}
@@ -868,7 +936,7 @@ def main(argv=None) -> None:
         new["memory"] = None if args.no_memory or args.cells != 5 else memory_table()
         new["load_after"] = _load()
         new["wall_s"] = time.perf_counter() - t0
-        res = {**new, **({"xla_flags": res["xla_flags"]} if "xla_flags" in res else {})}
+        res = {**new, **{k: res[k] for k in ("xla_flags", "pool") if k in res}}
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(res, indent=1, default=float))
     Path(args.out + ".md").write_text(report(res))
@@ -892,9 +960,9 @@ def report(res: dict) -> str:
               f"{v['torch_threads']}, XLA_FLAGS `{v['xla_flags']}`.", "",
               f"Machine load (1/5/15-min load average) before: "
               f"{', '.join(f'{x:.1f}' for x in res['load_before']['loadavg'])}; after: "
-              f"{', '.join(f'{x:.1f}' for x in res['load_after']['loadavg'])} (background "
-              "scoring jobs occupied both cores; both frameworks ran back to back in one "
-              "process, so the load affects them alike, but absolute seconds are inflated).",
+              f"{', '.join(f'{x:.1f}' for x in res['load_after']['loadavg'])}; busiest "
+              f"processes at the start: {'; '.join(res['load_before']['top_processes'][:2])}. "
+              "Both frameworks ran back to back in one process, so load affects them alike.",
               f"Wall time of the run: {res['wall_s'] / 60:.1f} min.", ""]
     if res.get("blocks"):
         rows = res["blocks"]
@@ -971,6 +1039,8 @@ def report(res: dict) -> str:
               "vs jhnas `implementation=\"per_sample\"`, relative difference: " + "; ".join(
                   f"#{i} M {r['rel_per_sample']['M']:.1e}, kappa {r['rel_per_sample']['kappa']:.1e}"
                   for i, r in enumerate(res["network"])) + "."]
+    if res.get("pool"):
+        L += pool_table(res["pool"])
     nt = res.get("neural_tangents")
     if nt:
         L += ["", "## neural-tangents backend", ""]

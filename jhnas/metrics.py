@@ -134,6 +134,13 @@ def _grad_stats(kernels, grads):
     return {"grad_norm": s[0], "snip": s[1]}
 
 
+def _kernel_paths(params) -> list[tuple]:
+    """The module path of each kernel, in the order of ``split_params(params, "kernels")``."""
+    return [tuple(getattr(k, "key", k) for k in path[:-1])
+            for path, _ in jax.tree_util.tree_flatten_with_path(params)[0]
+            if getattr(path[-1], "key", None) == "kernel"]
+
+
 def _device_passes(net: Net, passes: frozenset[str], zico_splits: int):
     """The jit-able part: every needed quantity from as few forward/backward passes as possible.
 
@@ -148,27 +155,47 @@ def _device_passes(net: Net, passes: frozenset[str], zico_splits: int):
         kernels, merge = ntk_lib.split_params(params, ntk_lib.param_mask(params, "kernels"))
         if passes & {"fisher", "ntk", "naswot"} and net.tapped is not None:
             # One tapped forward pass serves the loss gradient, Fisher, the NTK, jacob_cov and
-            # NASWOT; each backward pass below reuses it.
+            # NASWOT. Its backward passes go to the layers' output perturbations (and the input
+            # for jacob_cov), not to the kernels: the kernel gradient follows from each layer's
+            # input and output cotangent (ntk.layer_weight_grad), so the NTK's backward pass
+            # computes no weight gradients (a net of compiled blocks runs eagerly: nothing
+            # unused would be pruned).
             specs, dy0 = net.layers(params, x)
+            need_w = bool(passes & {"loss", "grasp"})
+            paths = _kernel_paths(params)
+            w_from_taps = all(p in specs for p in paths)
+            wrt = {"dy": dy0}
+            if need_w and not w_from_taps:
+                wrt["w"] = kernels
+            if "jacob" in passes:
+                wrt["x"] = x
 
-            def fwd(w, dy, xx):
-                logits, taps, relus = net.tapped(merge(w), xx, dy)
+            def fwd(a):
+                p = merge(a["w"]) if "w" in a else params
+                logits, taps, relus = net.tapped(p, a.get("x", x), a["dy"])
                 return logits, (taps, relus)
 
-            logits, vjp, (taps, relus) = jax.vjp(fwd, kernels, dy0, x, has_aux=True)
+            logits, vjp, (taps, relus) = jax.vjp(fwd, wrt, has_aux=True)
             n = logits.shape[0]
             if loss_pass:
-                g_w, g_dy, _ = vjp(jax.grad(cross_entropy)(logits, y))
-                out.update(_grad_stats(kernels, g_w))
+                g = vjp(jax.grad(cross_entropy)(logits, y))[0]
+                if need_w:
+                    g_w = g["w"] if "w" in g else [
+                        ntk_lib.layer_weight_grad(specs[p], taps.inputs[p], g["dy"][p])
+                        for p in paths]
+                    out.update(_grad_stats(kernels, g_w))
             if "fisher" in passes:
-                out["fisher"] = sum(_fisher(_fan_in(s, taps.inputs[p]), taps.outputs[p], g_dy[p])
-                                    for p, s in specs.items())
+                out["fisher"] = sum(_fisher(_fan_in(s, taps.inputs[p]), taps.outputs[p],
+                                            g["dy"][p]) for p, s in specs.items())
             if "ntk" in passes:
                 ct = ntk_lib.output_cotangents(logits, y, "label")
-                deltas = jax.vmap(lambda c: vjp(c)[1])(ct)
+                if ct.shape[0] == 1:  # one output per sample: the loss pass's compiled backward
+                    deltas = jax.tree.map(lambda d: d[None], vjp(ct[0])[0]["dy"])
+                else:
+                    deltas = jax.vmap(lambda c: vjp(c)[0]["dy"])(ct)
                 out["gram"] = ntk_lib.gram_from_taps(specs, taps.inputs, deltas)
             if "jacob" in passes:
-                out["jacob"] = vjp(jnp.ones_like(logits))[2]
+                out["jacob"] = vjp(jnp.ones_like(logits))[0]["x"]
             if "naswot" in passes:
                 if not relus:
                     raise ValueError("naswot needs ReLU inputs: call jhnas.nn.relu(module, x) for "

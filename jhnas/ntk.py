@@ -59,6 +59,7 @@ import numpy as np
 from jax import lax
 
 from jhnas.net import LayerSpec, Net, from_apply
+from jhnas.nn import chunked_conv
 
 OUTPUTS = ("label", "sum", "all")
 PARAM_SETS = ("layers", "kernels", "all")
@@ -172,6 +173,30 @@ def per_sample_layer_grads(spec: LayerSpec, a: jax.Array, delta: jax.Array):
     p = patches.reshape(n, -1, g, patches.shape[-1] // g)  # channel-major: groups are contiguous
     kernel = jnp.einsum("nsgk,nsgo->ngko", p, d.reshape(n, -1, g, c_out // g))
     return kernel.reshape(n, -1), bias
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def layer_weight_grad(spec: LayerSpec, a: jax.Array, delta: jax.Array) -> jax.Array:
+    """The kernel gradient of one layer summed over the batch, shaped like the kernel.
+
+    ``a`` is the layer input (N, ..., C_in), ``delta`` the output cotangent (N, ..., C_out), as
+    in :func:`per_sample_layer_grads`. A backward pass taken through a tapped network's output
+    perturbations (not its kernels) gives every layer's ``delta``; this turns them into the
+    kernel gradient (a convolution's through :func:`jhnas.nn.chunked_conv`), so one backward pass
+    serves the NTK, Fisher and the loss gradient. jitted per layer configuration.
+    """
+    c_in, c_out = a.shape[-1], delta.shape[-1]
+    if spec.kind == "dense":
+        return jnp.einsum("si,so->io", a.reshape(-1, c_in), delta.reshape(-1, c_out))
+    rank = a.ndim - 2
+    spatial = "HWD"[:rank]
+    dn = ("N" + spatial + "C", spatial + "IO", "N" + spatial + "C")
+    shape = (*spec.kernel_size, c_in // spec.groups, c_out)
+    conv = lambda w: chunked_conv(a, w, spec.strides, spec.padding, dimension_numbers=dn,
+                                  lhs_dilation=spec.input_dilation,
+                                  rhs_dilation=spec.kernel_dilation,
+                                  feature_group_count=spec.groups)
+    return jax.vjp(conv, jnp.zeros(shape, a.dtype))[1](delta)[0]
 
 
 def gram_from_taps(specs, inputs, deltas, *, biases: bool = True,
