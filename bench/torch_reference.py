@@ -2,7 +2,7 @@
 
   taskset -c 1 python bench/torch_reference.py             # writes results/torch_vs_jax.{md,json}
   python bench/torch_reference.py --archs 2 --network-archs 0 --float64-archs 1   # smoke run
-  taskset -c 1 python bench/torch_reference.py pool        # M + kappa of 60 archs, cold start
+  taskset -c 1 python bench/torch_reference.py pool        # M + kappa of 60 archs, 2 fresh runs
   taskset -c 1 python bench/torch_reference.py xla-flags   # XLA:CPU settings vs the gradient step
   python bench/torch_reference.py memory                   # only the peak-memory table
   python bench/torch_reference.py report                   # rewrite the .md from the .json
@@ -611,14 +611,34 @@ def memory_table() -> dict:
     return out
 
 
-def child_pool(n_archs: int, cells: int = 5) -> dict:
-    """HNAS's workload in a fresh process (cold: no jhnas compilation yet): M and kappa of
-    ``n_archs`` architectures, official-style torch (network built, weights copied, the NTK
-    computed once for M and again for kappa) against jhnas (``make_net`` + init + one
-    ``metrics_fn(net, ["ntk_trace", "ntk_cond"])``), every compilation counted where it happens."""
+def pool_study(n_archs: int, cells: int = 5) -> dict:
+    """:func:`child_pool` in two fresh processes sharing a new compilation cache: the first
+    run compiles (and fills the cache), the second loads what the first compiled."""
+    import tempfile
+    out = {}
+    with tempfile.TemporaryDirectory() as cache:
+        for run in ("first", "second"):
+            res = subprocess.run([sys.executable, __file__, "_pool", str(n_archs), str(cells),
+                                  cache], capture_output=True, text=True, env=os.environ.copy())
+            try:
+                out[run] = json.loads(res.stdout.strip().splitlines()[-1])
+            except (IndexError, json.JSONDecodeError):
+                out[run] = {"error": res.stderr[-800:]}
+            print("pool", run, "done", flush=True)
+    return out
+
+
+def child_pool(n_archs: int, cells: int = 5, cache: str | None = None) -> dict:
+    """HNAS's workload in a fresh process: M and kappa of ``n_archs`` architectures,
+    official-style torch (network built, weights copied, the NTK computed once for M and again
+    for kappa) against jhnas (``make_net`` + init + one ``metrics_fn(net, ["ntk_trace",
+    "ntk_cond"])``), every compilation counted where it happens; jhnas's compilations go to (or
+    come from) the persistent cache ``cache`` (:func:`jhnas.score.enable_compile_cache`)."""
     from jhnas import data, score
     from jhnas.metrics import metrics_fn
     from jhnas.spaces import nb201
+    if cache:
+        score.enable_compile_cache(cache)
     events = _compile_events()
     batch = data.default_batch(64)
     xt, yt = torch_batch(batch)
@@ -639,39 +659,46 @@ def child_pool(n_archs: int, cells: int = 5) -> dict:
                      "compile_s": compile_s, "rel_M": rel(m, j["ntk_trace"]),
                      "rel_kappa": rel(k, j["ntk_cond"])})
         print(f"pool {i + 1:3d} torch {torch_s:5.2f} s  jax {jax_s:5.2f} s  compiles {compiles}",
-              flush=True)
+              file=sys.stderr, flush=True)
     return {"versions": versions(), "cells": cells, "rows": rows}
 
 
 def pool_table(pool: dict) -> list[str]:
-    rows = pool["rows"]
-    n = len(rows)
-    L = ["", f"## M + kappa for a pool of {n} architectures, cold start (HNAS's workload; "
-         f"{pool.get('cells', 5)} cells per stage)", "",
-         "A fresh process with no compilation cached; per architecture: torch official style "
-         "(build, copy the weights, the NTK once for M and again for kappa) and jhnas "
+    runs = {k: v for k, v in pool.items() if isinstance(v, dict) and "rows" in v}
+    if not runs:
+        return ["", f"## M + kappa for a pool: failed ({pool})"]
+    first = next(iter(runs.values()))
+    n = len(first["rows"])
+    ks = sorted({min(k, n) for k in (5, 15, 30, n)})
+    L = ["", f"## M + kappa for a pool of {n} architectures (HNAS's workload; "
+         f"{first.get('cells', 5)} cells per stage)", "",
+         "Per architecture, alternating in one process pinned to one core: torch official "
+         "style (build, copy the weights, the NTK once for M and again for kappa) and jhnas "
          "(`make_net` + init + one `metrics_fn(net, [\"ntk_trace\", \"ntk_cond\"])` on compiled "
-         "blocks), one core each, alternating. Amortised = total seconds, compilations "
-         "included, over the first k architectures.", "",
-         "| first k architectures | torch s / arch | jhnas s / arch | torch / jhnas |",
-         "|---|---|---|---|"]
-    for k in sorted({min(k, n) for k in (5, 15, 30, n)}):
-        t = sum(r["torch_s"] for r in rows[:k]) / k
-        j = sum(r["jax_s"] for r in rows[:k]) / k
-        L.append(f"| {k} | {t:.2f} | {j:.2f} | {t / j:.2f}x |")
-    steady = [r for r in rows if r["compiles"] == 0]
-    comp = [i for i, r in enumerate(rows) if r["compiles"]]
-    L.append("")
-    if steady:
+         "blocks). first run: a fresh process compiles every block (and stores it in a new "
+         "persistent cache, `jhnas.score.enable_compile_cache`, as `jhnas score` does); second "
+         "run: another fresh process loads them from that cache. Amortised = total seconds, "
+         "compilation included, over the first k architectures; ratio = torch / jhnas.", "",
+         "| run | " + " | ".join(f"first {k}: torch / jhnas s, ratio" for k in ks) +
+         " | steady state: torch / jhnas s, ratio | jhnas compilations (s) |",
+         "|---|" + "---|" * (len(ks) + 2)]
+    for name, run in runs.items():
+        rows = run["rows"]
+        cells = []
+        for k in ks:
+            t = sum(r["torch_s"] for r in rows[:k]) / k
+            j = sum(r["jax_s"] for r in rows[:k]) / k
+            cells.append(f"{t:.2f} / {j:.2f}, {t / j:.2f}x")
+        steady = [r for r in rows if r["compiles"] == 0] or rows
         t = statistics.mean(r["torch_s"] for r in steady)
         j = statistics.mean(r["jax_s"] for r in steady)
-        L.append(f"Steady state ({len(steady)} architectures that compiled nothing): torch "
-                 f"{t:.2f} s, jhnas {j:.2f} s ({t / j:.2f}x).")
-    L.append(f"jhnas compiled {sum(r['compiles'] for r in rows)} functions "
-             f"({sum(r['compile_s'] for r in rows):.0f} s of compilation) in architectures "
-             f"{comp}. Relative difference torch vs jhnas: M median "
-             f"{statistics.median(r['rel_M'] for r in rows):.1e}, kappa median "
-             f"{statistics.median(r['rel_kappa'] for r in rows):.1e}.")
+        cells.append(f"{t:.2f} / {j:.2f}, {t / j:.2f}x")
+        cells.append(f"{sum(r['compiles'] for r in rows)} ({sum(r['compile_s'] for r in rows):.0f})")
+        L.append(f"| {name} | " + " | ".join(cells) + " |")
+    rows = first["rows"]
+    L += ["", "Steady state: the architectures that compiled nothing. Relative difference "
+          f"torch vs jhnas: M median {statistics.median(r['rel_M'] for r in rows):.1e}, kappa "
+          f"median {statistics.median(r['rel_kappa'] for r in rows):.1e}."]
     return L
 
 
@@ -887,7 +914,7 @@ def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("command", nargs="?", default="bench",
                    choices=["bench", "pool", "xla-flags", "memory", "report", "_memory",
-                            "_grad_step"])
+                            "_grad_step", "_pool"])
     p.add_argument("extra", nargs="*")
     p.add_argument("--archs", type=int, default=15, help="random architectures (seed-0 sample)")
     p.add_argument("--network-archs", type=int, default=2,
@@ -903,6 +930,11 @@ def main(argv=None) -> None:
         _pin_threads()
         print(json.dumps(child_memory(*args.extra)))
         return
+    if args.command == "_pool":
+        _pin_threads()
+        n, cells, cache = args.extra
+        print(json.dumps(child_pool(int(n), int(cells), cache)))
+        return
     if args.command == "_grad_step":
         torch.set_num_threads(1)
         print(json.dumps(child_grad_step(args.extra[0])))
@@ -916,7 +948,7 @@ def main(argv=None) -> None:
     if args.command == "memory":
         res["memory"] = memory_table()
     elif args.command == "pool":
-        res["pool"] = child_pool(args.pool_archs, args.cells)
+        res["pool"] = pool_study(args.pool_archs, args.cells)
     elif args.command == "xla-flags":
         res["xla_flags"] = {"versions": versions(), "load_before": _load(),
                             "variants": xla_flags_study(), "load_after": _load()}

@@ -6,7 +6,7 @@
                [--pool N] --budget 5 --seeds 1 --out results.json
   jhnas score --space nb201 (--archs FILE | --sample N) --metrics a,b,... [--batch FILE.npz]
               [--batch-size 64] [--cells 5] [--compile blocks|network] [--seed S]
-              --out FILE.csv
+              [--compile-cache DIR|none] --out FILE.csv
   jhnas theory [--arch ARCH|mlp] [--seed S] [--batch FILE.npz] [--batch-size 8]
 
 Bad input (architecture string, path, metric name) ends with a one-line error and exit code 2.
@@ -78,6 +78,8 @@ def _score(args) -> None:
         raise UsageError(f"--out: folder {out.parent} does not exist")
     if args.cells < 1:
         raise UsageError(f"--cells must be >= 1, got {args.cells}")
+    if args.compile_cache != "none":
+        score.enable_compile_cache(args.compile_cache)
     table = score.score_archs(archs, names, batch, str(out), seed=args.seed, cells=args.cells,
                               preset=args.preset, compile=args.compile,
                               progress=not args.quiet)
@@ -270,6 +272,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "compilation per architecture")
     s.add_argument("--preset", choices=["hnas", "nb201"], default="hnas",
                    help="cell BN/bias settings: the official HNAS code's (default) or NB201's")
+    s.add_argument("--compile-cache", metavar="DIR",
+                   help="keep compilations on disk for the next run (default: "
+                        "$JHNAS_COMPILE_CACHE or ~/.cache/jhnas/xla; 'none': off)")
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--out", required=True, help="CSV; rerunning with the same file resumes")
     s.add_argument("--quiet", action="store_true", help="no progress bar")

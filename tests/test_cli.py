@@ -7,7 +7,8 @@ from jhnas.cli import main
 
 A1 = "|nor_conv_3x3~0|+|nor_conv_1x1~0|skip_connect~1|+|avg_pool_3x3~0|none~1|nor_conv_3x3~2|"
 A2 = "|skip_connect~0|+|nor_conv_3x3~0|nor_conv_3x3~1|+|none~0|skip_connect~1|nor_conv_1x1~2|"
-FAST = ["--cells", "1", "--batch-size", "8", "--quiet", "--metrics", "ntk_trace,ntk_cond,snip"]
+FAST = ["--cells", "1", "--batch-size", "8", "--quiet", "--metrics", "ntk_trace,ntk_cond,snip",
+        "--compile-cache", "none"]
 
 
 def _rows(path):
@@ -68,3 +69,36 @@ def test_bad_input_is_one_line_exit_2(tmp_path, capsys, args, fragment):
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and err.startswith("jhnas: error:") and fragment in err
     assert "Traceback" not in err
+
+
+
+def test_compile_cache_is_written_and_reused(tmp_path):
+    """enable_compile_cache stores even sub-second compilations (jhnas's blocks); a second
+    process loads them instead of adding entries."""
+    import os
+    import subprocess
+    import sys
+    cache = tmp_path / "xla"
+    code = ("import sys, jax, jax.numpy as jnp; from jhnas import score; "
+            "score.enable_compile_cache(sys.argv[1]); "
+            "print(float(jax.jit(lambda x: jnp.sin(x) * 3)(jnp.ones(4)).sum()))")
+    runs = []
+    for _ in range(2):
+        out = subprocess.run([sys.executable, "-c", code, str(cache)], check=True,
+                             capture_output=True, text=True, env={**os.environ,
+                                                                  "JAX_PLATFORMS": "cpu"})
+        runs.append((out.stdout, sorted(p.name for p in cache.iterdir())))
+    assert runs[0][1] and runs[0] == runs[1]
+
+
+def test_score_uses_the_compile_cache_unless_none(tmp_path, monkeypatch):
+    from jhnas import score
+    calls = []
+    monkeypatch.setattr(score, "enable_compile_cache", calls.append)
+    monkeypatch.setattr(score, "score_archs", lambda *a, **k: type("T", (), {"rows": []}))
+    f = tmp_path / "a.txt"
+    f.write_text(A1 + "\n")
+    base = ["score", "--archs", str(f), "--out", str(tmp_path / "a.csv"), *FAST]
+    assert main(base) == 0 and calls == []
+    assert main([*base, "--compile-cache", str(tmp_path / "c")]) == 0
+    assert calls == [str(tmp_path / "c")]
