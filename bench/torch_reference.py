@@ -5,6 +5,7 @@
   taskset -c 1 python bench/torch_reference.py pool        # M + kappa of 60 archs, 2 fresh runs
   taskset -c 1 python bench/torch_reference.py xla-flags   # XLA:CPU settings vs the gradient step
   python bench/torch_reference.py memory                   # only the peak-memory table
+  taskset -c 1 python bench/torch_reference.py nt          # only the neural-tangents backend
   python bench/torch_reference.py report                   # rewrite the .md from the .json
 
 The reference is written the way the official HNAS / zero-cost-proxy code computes the metrics
@@ -913,7 +914,7 @@ def _pin_threads():
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("command", nargs="?", default="bench",
-                   choices=["bench", "pool", "xla-flags", "memory", "report", "_memory",
+                   choices=["bench", "pool", "nt", "xla-flags", "memory", "report", "_memory",
                             "_grad_step", "_pool"])
     p.add_argument("extra", nargs="*")
     p.add_argument("--archs", type=int, default=15, help="random architectures (seed-0 sample)")
@@ -947,6 +948,10 @@ def main(argv=None) -> None:
     _pin_threads()
     if args.command == "memory":
         res["memory"] = memory_table()
+    elif args.command == "nt":
+        from jhnas import data
+        res["neural_tangents"] = bench_nt(STATIC, data.default_batch(args.batch), args.cells)
+        res.setdefault("versions", {})["neural_tangents"] = versions()["neural_tangents"]
     elif args.command == "pool":
         res["pool"] = pool_study(args.pool_archs, args.cells)
     elif args.command == "xla-flags":

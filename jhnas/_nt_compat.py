@@ -203,13 +203,21 @@ def _primals_out_and_pullback(emp, fn, mode, _j_rules, _s_rules, _fwd, *primals_
 def _eqn_vjp_fn(eqn, cts_in, *invals):
     """The transpose of one linear equation (``eqn=None``: identity)."""
     from jax._src import source_info_util
+    from jax._src.interpreters import ad as ad_src
     from jax.interpreters import ad
     if eqn is None:
         return (cts_in,)
     with source_info_util.user_context(eqn.source_info.traceback,
                                        name_stack=source_info_util.current_name_stack()
                                        + eqn.source_info.name_stack):
-        return ad.get_primitive_transpose(eqn.primitive)(cts_in, *invals, **eqn.params)
+        fancy = ad_src.fancy_transposes.get(eqn.primitive)
+        if fancy is None or eqn.primitive in ad_src.primitive_transposes:
+            return ad.get_primitive_transpose(eqn.primitive)(cts_in, *invals, **eqn.params)
+        # current jax registers some transposes (slice, ...) only in the accumulator style
+        accums = [ad_src.ValAccum(v.aval) if isinstance(v, ad.UndefinedPrimal) else v
+                  for v in invals]
+        fancy(cts_in, *accums, **eqn.params)
+        return [a.freeze() if isinstance(a, ad_src.ValAccum) else None for a in accums]
 
 
 def _get_flops(f, optimize: bool, *a, **kw) -> float:

@@ -189,7 +189,7 @@ def _device_passes(net: Net, passes: frozenset[str], zico_splits: int):
                                             g["dy"][p]) for p, s in specs.items())
             if "ntk" in passes:
                 ct = ntk_lib.output_cotangents(logits, y, "label")
-                if ct.shape[0] == 1:  # one output per sample: the loss pass's compiled backward
+                if ct.shape[0] == 1:  # no vmap: reuse the backward blocks the loss pass compiled
                     deltas = jax.tree.map(lambda d: d[None], vjp(ct[0])[0]["dy"])
                 else:
                     deltas = jax.vmap(lambda c: vjp(c)[0]["dy"])(ct)

@@ -21,7 +21,8 @@ if not _nt_compat.available():  # importorskip would import it raw, which needs 
 
 
 class BNNet(nn.Module):
-    """Strided and grouped convs, pooling, train-mode BatchNorm (couples the samples)."""
+    """Strided and grouped convs, pooling (lax and NB201's shifted slices), train-mode
+    BatchNorm (couples the samples)."""
 
     @nn.compact
     def __call__(self, x):
@@ -29,6 +30,7 @@ class BNNet(nn.Module):
         x = nn.BatchNorm(use_running_average=False)(x)
         x = jnn.relu(self, x)
         x = nn.avg_pool(x, (2, 2), (2, 2))
+        x = jnn.avg_pool_3x3(x)
         x = jnn.Conv(6, 6, 3, strides=2, padding=1, groups=3, use_bias=True)(x)
         return jnn.Dense(6, 3)(x.mean((1, 2)))
 
