@@ -134,13 +134,6 @@ def _grad_stats(kernels, grads):
     return {"grad_norm": s[0], "snip": s[1]}
 
 
-def _kernel_paths(params) -> list[tuple]:
-    """The module path of each kernel, in the order of ``split_params(params, "kernels")``."""
-    return [tuple(getattr(k, "key", k) for k in path[:-1])
-            for path, _ in jax.tree_util.tree_flatten_with_path(params)[0]
-            if getattr(path[-1], "key", None) == "kernel"]
-
-
 def _device_passes(net: Net, passes: frozenset[str], zico_splits: int):
     """The jit-able part: every needed quantity from as few forward/backward passes as possible.
 
@@ -162,10 +155,10 @@ def _device_passes(net: Net, passes: frozenset[str], zico_splits: int):
             # unused would be pruned).
             specs, dy0 = net.layers(params, x)
             need_w = bool(passes & {"loss", "grasp"})
-            paths = _kernel_paths(params)
-            w_from_taps = all(p in specs for p in paths)
+            # each kernel's module path, in the order of `kernels` (param_mask's "kernels" rule)
+            paths = [p[:-1] for p in ntk_lib.leaf_paths(params) if p[-1] == "kernel"]
             wrt = {"dy": dy0}
-            if need_w and not w_from_taps:
+            if need_w and not all(p in specs for p in paths):  # a kernel without taps
                 wrt["w"] = kernels
             if "jacob" in passes:
                 wrt["x"] = x

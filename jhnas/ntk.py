@@ -83,8 +83,7 @@ def param_mask(params, which: str = "layers"):
     """
     if which not in PARAM_SETS:
         raise ValueError(f"params must be one of {PARAM_SETS}, got {which!r}")
-    paths = [tuple(getattr(k, "key", getattr(k, "name", k)) for k in path)
-             for path, _ in jax.tree_util.tree_flatten_with_path(params)[0]]
+    paths = leaf_paths(params)
     present = set(paths)
 
     def keep(path):
@@ -96,6 +95,12 @@ def param_mask(params, which: str = "layers"):
 
     treedef = jax.tree.structure(params)
     return treedef.unflatten([keep(p) for p in paths])
+
+
+def leaf_paths(params) -> list[tuple]:
+    """The path of names of every leaf of ``params``, in ``jax.tree.leaves`` order."""
+    return [tuple(getattr(k, "key", getattr(k, "name", k)) for k in path)
+            for path, _ in jax.tree_util.tree_flatten_with_path(params)[0]]
 
 
 def split_params(params, mask):

@@ -71,7 +71,6 @@ def test_bad_input_is_one_line_exit_2(tmp_path, capsys, args, fragment):
     assert "Traceback" not in err
 
 
-
 def test_compile_cache_is_written_and_reused(tmp_path):
     """enable_compile_cache stores even sub-second compilations (jhnas's blocks); a second
     process loads them instead of adding entries."""
