@@ -12,15 +12,15 @@ from jhnas import (baselines, correlation, data, gp, hnas, metrics, net, nn, ntk
                    spaces, theory, train)
 from jhnas.data import Batch, default_batch, load_batch
 from jhnas.metrics import METRICS, metrics_fn
-from jhnas.net import Block, Net, from_apply, from_blocks, from_flax
+from jhnas.net import Block, Net, block_init, from_apply, from_blocks, from_flax
 from jhnas.ntk import (Implementation, condition_number, eigenvalues, empirical_ntk_fn,
                        trace_norm)
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "Batch", "Block", "Implementation", "METRICS", "Net", "baselines", "condition_number",
-    "correlation", "data", "default_batch", "eigenvalues", "empirical_ntk_fn", "from_apply",
-    "from_blocks", "from_flax", "gp", "hnas", "load_batch", "metrics", "metrics_fn", "net", "nn",
-    "ntk", "parallel", "spaces", "theory", "trace_norm", "train",
+    "Batch", "Block", "Implementation", "METRICS", "Net", "baselines", "block_init",
+    "condition_number", "correlation", "data", "default_batch", "eigenvalues", "empirical_ntk_fn",
+    "from_apply", "from_blocks", "from_flax", "gp", "hnas", "load_batch", "metrics", "metrics_fn",
+    "net", "nn", "ntk", "parallel", "spaces", "theory", "trace_norm", "train",
 ]

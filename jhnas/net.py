@@ -31,6 +31,7 @@ from typing import Any, Callable, Mapping, NamedTuple, Sequence
 import flax.linen as nn
 import jax
 from flax import traverse_util
+from flax.core.scope import LazyRng
 from flax.linen.linear import canonicalize_padding
 
 from jhnas.nn import RELU_INPUTS
@@ -238,8 +239,73 @@ def _compiled_block(module: nn.Module, bn: str):
     return (jax.jit(net.apply), jax.jit(net.apply_nobn), jax.jit(net.tapped), layers)
 
 
-def from_blocks(blocks: Sequence[Block], init: Callable[[jax.Array, jax.Array], Params], *,
-                bn: str = "train") -> Net:
+# The parameters of the layers block_init knows, in the order Flax creates them, with the
+# attribute holding each one's initialiser.
+_INITS = {nn.Conv: (("kernel", "kernel_init"), ("bias", "bias_init")),
+          nn.Dense: (("kernel", "kernel_init"), ("bias", "bias_init")),
+          nn.BatchNorm: (("scale", "scale_init"), ("bias", "bias_init"))}
+
+
+@functools.lru_cache(maxsize=None)
+def _block_params(module: nn.Module, shape: tuple[int, ...], dtype):
+    """``(output ShapeDtypeStruct, [(path, counter, initialiser, ShapeDtypeStruct)])`` of one
+    block's parameters, in creation order (``jax.eval_shape``: nothing is computed)."""
+    mods: dict[Path, nn.Module] = {}
+
+    def record(next_fun, args, kwargs, context):
+        mods[tuple(context.module.scope.path)] = context.module
+        return next_fun(*args, **kwargs)
+
+    with nn.intercept_methods(record):
+        out, variables = jax.eval_shape(module.init_with_output, jax.random.key(0),
+                                        jax.ShapeDtypeStruct(shape, dtype))
+    specs = []
+    layers: dict[Path, dict[str, jax.ShapeDtypeStruct]] = {}
+    for path, leaf in traverse_util.flatten_dict(variables.get("params", {})).items():
+        layers.setdefault(path[:-1], {})[path[-1]] = leaf
+    for path, leaves in layers.items():
+        mod = mods[path]
+        order = _INITS.get(type(mod))
+        if order is None or set(leaves) - {name for name, _ in order}:
+            raise NotImplementedError(f"block_init knows nn.Conv, nn.Dense and nn.BatchNorm, not "
+                                      f"{type(mod).__name__} ({'/'.join(path)})")
+        # Flax counts make_rng calls per module scope; these layers make one per parameter.
+        present = [(name, attr) for name, attr in order if name in leaves]
+        specs += [(path + (name,), i + 1, getattr(mod, attr), leaves[name])
+                  for i, (name, attr) in enumerate(present)]
+    return out, specs
+
+
+def block_init(blocks: Sequence[Block]) -> Callable[[jax.Array, jax.Array], Params]:
+    """``init(key, x) -> params`` of the network composed of ``blocks``, equal to the monolithic
+    Flax module's ``init`` without tracing it.
+
+    Flax draws each parameter with the key ``fold_in(key, hash(module path, counter))``
+    (``flax.core.scope.LazyRng``), so a parameter depends only on the root key, its path and its
+    initialiser. Here the paths come from each block's cached ``jax.eval_shape`` and the keys are
+    derived the same way: about 10 ms per NB201 network instead of the 0.2-0.3 s Flax spends
+    tracing the modules (on CPU, dispatch-bound). Supports blocks made of ``nn.Conv``,
+    ``nn.Dense`` and ``nn.BatchNorm`` (others raise ``NotImplementedError`` on the first call).
+    """
+    blocks = tuple(blocks)
+
+    def init(key, x):
+        flat, shapes = {}, {0: jax.ShapeDtypeStruct(x.shape, x.dtype)}
+        for b in blocks:
+            h = shapes[b.src]
+            out, specs = _block_params(b.module, tuple(h.shape), h.dtype)
+            shapes.setdefault(b.dst, out)
+            for path, counter, fn, leaf in specs:
+                path = b.scope + path
+                flat[path] = fn(LazyRng.create(key, *path[:-1], counter).as_jax_rng(), leaf.shape,
+                                leaf.dtype)
+        return traverse_util.unflatten_dict(flat)
+
+    return init
+
+
+def from_blocks(blocks: Sequence[Block], init: Callable[[jax.Array, jax.Array], Params] | None = None,
+                *, bn: str = "train") -> Net:
     """A :class:`Net` evaluated block by block, each block compiled once per configuration.
 
     Scoring thousands of architectures of a cell space with one ``jit`` per architecture pays a
@@ -252,13 +318,14 @@ def from_blocks(blocks: Sequence[Block], init: Callable[[jax.Array, jax.Array], 
 
     Args:
       blocks: in topological order; node 0 is the input, the output is the last block's ``dst``.
-      init: ``(key, x) -> params`` of the whole network (e.g. the monolithic module's init, so
-        that parameters equal those of the network it decomposes).
+      init: ``(key, x) -> params`` of the whole network; default :func:`block_init`, which
+        equals the ``init`` of the monolithic module the blocks decompose.
       bn: the BatchNorm mode of every block (see :func:`from_flax`).
     """
     if bn not in BN_MODES:
         raise ValueError(f"bn must be one of {BN_MODES}, got {bn!r}")
     blocks = tuple(blocks)
+    init = init or block_init(blocks)
     fns = [_compiled_block(b.module, bn) for b in blocks]
 
     def sub(params, b: Block):

@@ -7,6 +7,7 @@ from __future__ import annotations
 import csv
 from pathlib import Path
 
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -334,11 +335,8 @@ def test_blocks_equal_the_network_in_float64(arch, names, small_batch):
     with jax.enable_x64(True):
         batch = small_batch._replace(x=jnp.asarray(small_batch.x, jnp.float64))
         nets = {mode: nb201.make_net(arch, compile=mode, C=4, N=1) for mode in ("blocks", "network")}
-        # blocks.init is the same Flax init run eagerly (slow to warm up): compare its structure
         params = nets["network"].init(jax.random.key(3), x1)
-        assert (jax.tree.map(lambda a: (a.shape, a.dtype), params) ==
-                jax.tree.map(lambda a: (a.shape, a.dtype),
-                             jax.eval_shape(nets["blocks"].init, jax.random.key(3), x1)))
+        chex.assert_trees_all_equal(params, nets["blocks"].init(jax.random.key(3), x1))
         params = jax.tree.map(lambda a: a.astype(jnp.float64), params)
         for mode, net in nets.items():
             res[mode] = (net.apply(params, batch.x), metrics_fn(net, names)(params, batch))
@@ -346,6 +344,21 @@ def test_blocks_equal_the_network_in_float64(arch, names, small_batch):
     np.testing.assert_allclose(lb, ln, rtol=1e-12, atol=1e-12)
     for name in names:
         np.testing.assert_allclose(mb[name], mn[name], rtol=1e-9, err_msg=name)
+
+
+@pytest.mark.parametrize("preset, use_bn, arch", [
+    ("hnas", True, MIXED), ("nb201", True, MIXED), ("hnas", False, ALL_NONE),
+    ("nb201", False, nb201.format_arch(["nor_conv_3x3"] * 6))])
+def test_block_init_equals_the_flax_init(preset, use_bn, arch):
+    """make_net's init (jhnas.net.block_init: keys derived per parameter, no tracing) gives
+    bit-identical parameters to the monolithic module's Flax init."""
+    x = np.zeros((1, 8, 8, 3), np.float32)
+    model = nb201.NB201Net(arch, num_classes=7, C=4, N=2, preset=preset, use_bn=use_bn)
+    for seed in (0, 5):
+        key = jax.random.key(seed)
+        chex.assert_trees_all_equal(
+            nb201.make_net(arch, num_classes=7, C=4, N=2, preset=preset, use_bn=use_bn).init(key, x),
+            nb201.init_params(model, key, x))
 
 
 def test_blocks_compile_nothing_for_new_architectures(small_batch):

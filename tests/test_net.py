@@ -87,3 +87,10 @@ def test_torch_default_init():
         bound, a = 1 / np.sqrt(fan_in), np.asarray(leaf)
         assert np.abs(a).max() <= bound and np.abs(a).max() > 0.95 * bound
         assert a.std() == pytest.approx(bound / np.sqrt(3), rel=0.1)
+
+
+def test_block_init_rejects_layers_it_does_not_know():
+    from jhnas.net import Block, block_init
+    init = block_init([Block(nn.LayerNorm(), ("norm",), 0, 1)])
+    with pytest.raises(NotImplementedError, match="LayerNorm"):
+        init(jax.random.key(0), jnp.ones((2, 3)))

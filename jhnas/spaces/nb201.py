@@ -432,14 +432,13 @@ def make_net(arch: str, *, bn: str = "train", compile: str = "blocks", num_class
     :class:`NB201Net` (one compilation per architecture, the fastest single evaluation). Both give
     the same parameters (``net.init``) and the same values up to float32 rounding.
     """
-    model = NB201Net(arch, num_classes=num_classes, C=C, N=N, preset=preset, use_bn=use_bn)
     if compile == "network":
-        return from_flax(model, bn=bn)
+        return from_flax(NB201Net(arch, num_classes=num_classes, C=C, N=N, preset=preset,
+                                  use_bn=use_bn), bn=bn)
     if compile != "blocks":
         raise ValueError(f"compile must be 'blocks' or 'network', got {compile!r}")
-    init = functools.partial(init_params, model)  # eager: jit would compile per architecture
     return from_blocks(blocks(arch, num_classes=num_classes, C=C, N=N, preset=preset,
-                              use_bn=use_bn), init, bn=bn)
+                              use_bn=use_bn), bn=bn)
 
 
 def init_params(model: nn.Module, key: jax.Array, x: jax.Array) -> Any:
