@@ -353,12 +353,11 @@ def test_block_init_equals_the_flax_init(preset, use_bn, arch):
     """make_net's init (jhnas.net.block_init: keys derived per parameter, no tracing) gives
     bit-identical parameters to the monolithic module's Flax init."""
     x = np.zeros((1, 8, 8, 3), np.float32)
-    model = nb201.NB201Net(arch, num_classes=7, C=4, N=2, preset=preset, use_bn=use_bn)
+    kw = dict(num_classes=7, C=4, N=2, preset=preset, use_bn=use_bn)
     for seed in (0, 5):
         key = jax.random.key(seed)
-        chex.assert_trees_all_equal(
-            nb201.make_net(arch, num_classes=7, C=4, N=2, preset=preset, use_bn=use_bn).init(key, x),
-            nb201.init_params(model, key, x))
+        chex.assert_trees_all_equal(nb201.make_net(arch, **kw).init(key, x),
+                                    nb201.init_params(nb201.NB201Net(arch, **kw), key, x))
 
 
 def test_blocks_compile_nothing_for_new_architectures(small_batch):
