@@ -5,7 +5,7 @@
   taskset -c 1 python bench/torch_reference.py pool        # M + kappa of 60 archs, 2 fresh runs
   taskset -c 1 python bench/torch_reference.py xla-flags   # XLA:CPU settings vs the gradient step
   python bench/torch_reference.py memory                   # only the peak-memory table
-  taskset -c 1 python bench/torch_reference.py nt          # only the neural-tangents backend
+  taskset -c 1 python bench/torch_reference.py nt          # neural-tangents vs jhnas, ~10 min
   python bench/torch_reference.py report                   # rewrite the .md from the .json
 
 The reference is written the way the official HNAS / zero-cost-proxy code computes the metrics
@@ -496,9 +496,12 @@ def bench_network(archs, batch, cells=5) -> list[dict]:
     return rows
 
 
-def bench_nt(arch, batch, cells=5) -> dict | None:
-    """neural-tangents (structured derivatives) on the network-mode net, exact batched Jacobian
-    NTK of the true-label logit (train-mode BatchNorm couples samples): seconds and memory."""
+def bench_nt(arch, batch, cells=1) -> dict | None:
+    """The exact batched-Jacobian NTK of the true-label logit (train-mode BatchNorm couples the
+    samples) on the network-mode net: neural-tangents' two Jacobian algorithms beside jhnas's
+    default decomposition, each jit-compiled whole: compile and run seconds, XLA peak memory, M
+    and kappa. (jhnas's ``implementation="jacobian"``, the same rows in ``lax.map`` chunks, is
+    left out: more than 10 minutes per call here, convolution gradients inside XLA:CPU loops.)"""
     try:
         from jhnas import _nt_compat
         _nt_compat.load()
@@ -509,21 +512,29 @@ def bench_nt(arch, batch, cells=5) -> dict | None:
     from jhnas import ntk as jntk
     x, y = jnp.asarray(batch.x), jnp.asarray(batch.y, jnp.int32)
     net, params = jhnas_setup(arch, batch, compile="network", N=cells)
-    out = {"arch": arch}
-    for impl in ("structured_derivatives",):
-        f = jntk.empirical_ntk_fn(net, implementation="jacobian", backend="neural_tangents",
-                                  nt_implementation=impl)
+    out = {"arch": arch, "cells": cells}
+    variants = {
+        "jhnas decomposition (default)": dict(implementation="decomposition"),
+        "neural-tangents jacobian_contraction": dict(
+            implementation="jacobian", backend="neural_tangents",
+            nt_implementation="jacobian_contraction"),
+        "neural-tangents structured_derivatives": dict(
+            implementation="jacobian", backend="neural_tangents",
+            nt_implementation="structured_derivatives"),
+    }
+    for name, kw in variants.items():
+        f = jntk.empirical_ntk_fn(net, **kw)
         t = time.perf_counter()
         c = f.lower(params, x, y).compile()
         compile_s = time.perf_counter() - t
         g, first = _timed(lambda: jax.block_until_ready(c(params, x, y)))
         _, run = _timed(lambda: jax.block_until_ready(c(params, x, y)))
         m = c.memory_analysis()
-        out[impl] = {"compile_s": compile_s, "run_s": run, "first_run_s": first,
+        out[name] = {"compile_s": compile_s, "run_s": run, "first_run_s": first,
                      "peak_bytes": int(m.argument_size_in_bytes + m.output_size_in_bytes
                                        + m.temp_size_in_bytes),
                      "M": jntk.trace_norm(g), "kappa": jntk.condition_number(g)}
-        print("neural-tangents", impl, out[impl], flush=True)
+        print(name, out[name], flush=True)
     return out
 
 
@@ -670,7 +681,7 @@ def pool_table(pool: dict) -> list[str]:
         return ["", f"## M + kappa for a pool: failed ({pool})"]
     first = next(iter(runs.values()))
     n = len(first["rows"])
-    ks = sorted({min(k, n) for k in (5, 15, 30, n)})
+    ks = sorted({min(k, n) for k in (5, 15, 30, 60, 100, n)})
     L = ["", f"## M + kappa for a pool of {n} architectures (HNAS's workload; "
          f"{first.get('cells', 5)} cells per stage)", "",
          "Per architecture, alternating in one process pinned to one core: torch official "
@@ -924,6 +935,9 @@ def main(argv=None) -> None:
     p.add_argument("--pool-archs", type=int, default=60, help="architectures of the pool command")
     p.add_argument("--no-memory", action="store_true")
     p.add_argument("--cells", type=int, default=5, help="cells per stage (smoke runs: 1)")
+    p.add_argument("--nt-cells", type=int, default=1,
+                   help="cells per stage of the neural-tangents comparison (its compilation "
+                        "takes minutes already at 1)")
     p.add_argument("--batch", type=int, default=64)
     p.add_argument("--out", default=str(OUT))
     args = p.parse_args(argv)
@@ -950,7 +964,7 @@ def main(argv=None) -> None:
         res["memory"] = memory_table()
     elif args.command == "nt":
         from jhnas import data
-        res["neural_tangents"] = bench_nt(STATIC, data.default_batch(args.batch), args.cells)
+        res["neural_tangents"] = bench_nt(STATIC, data.default_batch(args.batch), args.nt_cells)
         res.setdefault("versions", {})["neural_tangents"] = versions()["neural_tangents"]
     elif args.command == "pool":
         res["pool"] = pool_study(args.pool_archs, args.cells)
@@ -967,7 +981,7 @@ def main(argv=None) -> None:
                "batch": args.batch, "cells": args.cells, "C": 16}
         new["blocks"] = bench_blocks(archs, batch, args.cells)
         new["network"] = bench_network(archs[:args.network_archs], batch, args.cells)
-        new["neural_tangents"] = (bench_nt(STATIC, batch, args.cells) if args.network_archs
+        new["neural_tangents"] = (bench_nt(STATIC, batch, args.nt_cells) if args.network_archs
                                   else None)
         new["float64"] = bench_float64(archs[:args.float64_archs], batch, args.cells)
         new["memory"] = None if args.no_memory or args.cells != 5 else memory_table()
@@ -1084,14 +1098,17 @@ def report(res: dict) -> str:
         if "skipped" in nt:
             L.append(f"Not measured: {nt['skipped']}")
         else:
+            L += [f"Architecture #0 with {nt.get('cells', 5)} cell(s) per stage, batch "
+                  f"{res.get('batch', 64)}, `compile=\"network\"`, each function jit-compiled "
+                  "whole. The Jacobian rows are the exact coupled NTK (train-mode BatchNorm "
+                  "couples the samples); the decomposition is the official per-layer one, so its "
+                  "M and kappa differ.", "",
+                  "| implementation | compile s | run s | XLA peak MB | M | kappa |",
+                  "|---|---|---|---|---|---|"]
             for impl, r in nt.items():
-                if impl == "arch":
-                    continue
-                L.append(f"- `{impl}` (exact Jacobian of the batched network, train-mode BN "
-                         f"couples samples; architecture #0): compile {r['compile_s']:.1f} s, run "
-                         f"{r['run_s']:.2f} s, XLA peak {_fmt_mb(r['peak_bytes'])} MB; M "
-                         f"{r['M']:.4g}, kappa {r['kappa']:.4g} (the exact coupled NTK, not the "
-                         "official decomposition).")
+                if isinstance(r, dict):
+                    L.append(f"| {impl} | {r['compile_s']:.1f} | {r['run_s']:.2f} | "
+                             f"{_fmt_mb(r['peak_bytes'])} | {r['M']:.4g} | {r['kappa']:.4g} |")
     if res.get("memory"):
         L += ["", "## Peak memory (architecture #0)", "",
               "Extra RSS of a fresh process during the second call of the metric "
