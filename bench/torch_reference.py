@@ -2,7 +2,7 @@
 
   taskset -c 1 python bench/torch_reference.py             # writes results/torch_vs_jax.{md,json}
   python bench/torch_reference.py --archs 2 --network-archs 0 --float64-archs 1   # smoke run
-  taskset -c 1 python bench/torch_reference.py pool        # M + kappa of 60 archs, 2 fresh runs
+  taskset -c 1 python bench/torch_reference.py pool        # M + kappa of 200 archs, 2 fresh runs
   taskset -c 1 python bench/torch_reference.py xla-flags   # XLA:CPU settings vs the gradient step
   python bench/torch_reference.py memory                   # only the peak-memory table
   taskset -c 1 python bench/torch_reference.py nt          # neural-tangents vs jhnas, ~10 min
@@ -932,7 +932,8 @@ def main(argv=None) -> None:
     p.add_argument("--network-archs", type=int, default=2,
                    help="of which the first k also run with compile='network'")
     p.add_argument("--float64-archs", type=int, default=4)
-    p.add_argument("--pool-archs", type=int, default=60, help="architectures of the pool command")
+    p.add_argument("--pool-archs", type=int, default=200,
+                   help="architectures of the pool command (about 50 min for 200)")
     p.add_argument("--no-memory", action="store_true")
     p.add_argument("--cells", type=int, default=5, help="cells per stage (smoke runs: 1)")
     p.add_argument("--nt-cells", type=int, default=1,
