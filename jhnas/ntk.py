@@ -17,8 +17,7 @@ Three implementations (:class:`Implementation`):
   ``chunk_size`` at a time. With train-mode BatchNorm the samples are coupled and this is the true
   :math:`\partial f_i / \partial\theta` of the batched network. A reference, slow for CNNs on
   XLA:CPU, which runs convolution gradients inside loops and ``vmap`` s of reverse passes far
-  below its normal speed (NB201 with one cell per stage, batch 16: about 90 s against 0.4 s
-  for ``DECOMPOSITION``).
+  below its normal speed (neural-tangents' Jacobians in ``bench/results/torch_vs_jax.md``).
 * ``PER_SAMPLE``: ``vmap`` of the gradient of the single-sample function. Each sample runs alone
   (with train-mode BatchNorm it is normalised by its own statistics).
 * ``DECOMPOSITION``: one batched forward and one backward pass of :math:`S = \sum_i f_i`; per layer
