@@ -9,13 +9,16 @@ the Conv/Dense kernels and biases by the official per-layer decomposition; kappa
 eigenvalues on the host.
 
 1. One static network (architecture STATIC below), jit-compiled whole, train- and eval-mode
-   BatchNorm: compile time and the median of REPS runs of (a) one ``jit(grad)`` of the mean
-   cross-entropy over all parameters, (b) the NTK Gram + kappa; their ratio; the peak memory of
-   each compiled step from XLA's memory analysis (arguments + outputs + temporaries).
+   BatchNorm: compile times and the median of REPS rounds, each calling in turn (a) one
+   ``jit(grad)`` of the mean cross-entropy over all parameters, (b) the NTK Gram + kappa, (c) the
+   same NTK Gram + kappa on the same parameters with ``compile="blocks"`` (the default of
+   ``nb201.make_net`` and ``jhnas score``); the ratios (b)/(a) and (c)/(a); the peak memory of
+   (a) and (b) from XLA's memory analysis (arguments + outputs + temporaries).
 2. ``--archs`` random architectures (seed 0 sample) with ``compile="blocks"`` (no compilation per
    architecture): per-architecture seconds for init + M + kappa; steady state = mean over the
    architectures during which nothing was compiled; amortised = total / count, compiles included;
-   total compile time and count from JAX's compile events.
+   total compile time and count from JAX's compile events. Runs before part 1, so that it counts
+   the compilation of every block.
 """
 from __future__ import annotations
 
@@ -39,17 +42,16 @@ RESULTS = Path(__file__).resolve().parent / "results"
 STATIC = "|nor_conv_3x3~0|+|nor_conv_3x3~0|avg_pool_3x3~1|+|skip_connect~0|nor_conv_1x1~1|nor_conv_3x3~2|"
 
 
-def timed(fn, *args, reps):
-    """(first-call seconds, median of ``reps`` further calls)."""
-    t = time.perf_counter()
-    jax.block_until_ready(fn(*args))
-    first = time.perf_counter() - t
-    runs = []
+def interleaved(fns: dict, reps: int) -> dict:
+    """Median seconds of ``reps`` calls of each zero-argument function, called in turn (one
+    call of each per round), so that a change of machine load affects them alike."""
+    runs = {k: [] for k in fns}
     for _ in range(reps):
-        t = time.perf_counter()
-        jax.block_until_ready(fn(*args))
-        runs.append(time.perf_counter() - t)
-    return first, statistics.median(runs)
+        for k, fn in fns.items():
+            t = time.perf_counter()
+            jax.block_until_ready(fn())
+            runs[k].append(time.perf_counter() - t)
+    return {k: statistics.median(v) for k, v in runs.items()}
 
 
 def peak_bytes(jitted, *args) -> int:
@@ -71,11 +73,18 @@ def static_network(batch, reps: int) -> dict:
         t = time.perf_counter()
         gram.lower(params, x, y).compile()
         ntk_compile = time.perf_counter() - t
-        _, grad_run = timed(grad, params, reps=reps)
-        _, ntk_run = timed(lambda p: ntk.condition_number(gram(p, x, y)), params, reps=reps)
-        out[bn] = {"grad_compile_s": grad_compile, "grad_run_s": grad_run,
-                   "ntk_compile_s": ntk_compile, "ntk_kappa_run_s": ntk_run,
-                   "ratio_ntk_over_grad": ntk_run / grad_run,
+        bgram = ntk.empirical_ntk_fn(nb201.make_net(STATIC, bn=bn, compile="blocks"))
+        fns = {"grad": lambda: grad(params),
+               "ntk": lambda: ntk.condition_number(gram(params, x, y)),
+               "blocks": lambda: ntk.condition_number(bgram(params, x, y))}
+        for fn in fns.values():  # the blocks' first call compiles them
+            jax.block_until_ready(fn())
+        run = interleaved(fns, reps)
+        out[bn] = {"grad_compile_s": grad_compile, "grad_run_s": run["grad"],
+                   "ntk_compile_s": ntk_compile, "ntk_kappa_run_s": run["ntk"],
+                   "ratio_ntk_over_grad": run["ntk"] / run["grad"],
+                   "blocks_ntk_kappa_run_s": run["blocks"],
+                   "ratio_blocks_over_grad": run["blocks"] / run["grad"],
                    "grad_peak_bytes": peak_bytes(grad, params),
                    "ntk_peak_bytes": peak_bytes(gram, params, x, y)}
         print(bn, {k: round(v, 3) for k, v in out[bn].items()}, flush=True)
@@ -115,16 +124,16 @@ def many_archs(batch, n: int) -> dict:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--archs", type=int, default=200)
-    p.add_argument("--reps", type=int, default=5)
+    p.add_argument("--reps", type=int, default=9)
     p.add_argument("--quick", action="store_true", help="skip the static-network part")
     p.add_argument("--out", default=str(RESULTS / "ntk_speed"))
     args = p.parse_args()
     batch = data.default_batch(64)
     res = {"jax": jax.__version__, "machine": platform.processor() or platform.machine(),
            "batch": 64, "cells": 5, "C": 16, "preset": "hnas", "static_arch": STATIC}
+    res["blocks"] = many_archs(batch, args.archs)  # first: it counts every block compilation
     if not args.quick:
         res["static"] = static_network(batch, args.reps)
-    res["blocks"] = many_archs(batch, args.archs)
     Path(args.out + ".json").write_text(json.dumps(res, indent=1))
     Path(args.out + ".md").write_text(report(res))
     print(report(res))
@@ -135,14 +144,20 @@ def report(res: dict) -> str:
     if "static" in res:
         lines += ["## One network, jit-compiled whole", "",
                   "| BN | grad compile s | grad run s | NTK+kappa compile s | NTK+kappa run s | "
-                  "NTK / grad | grad peak MB | NTK peak MB |", "|---|---|---|---|---|---|---|---|"]
+                  "NTK / grad | grad peak MB | NTK peak MB | blocks: NTK+kappa run s | "
+                  "blocks: NTK / grad |", "|---|---|---|---|---|---|---|---|---|---|"]
         for bn, r in res["static"].items():
             lines.append(f"| {bn} | {r['grad_compile_s']:.2f} | {r['grad_run_s']:.3f} | "
                          f"{r['ntk_compile_s']:.2f} | {r['ntk_kappa_run_s']:.3f} | "
                          f"{r['ratio_ntk_over_grad']:.2f}x | {r['grad_peak_bytes'] / 2**20:.0f} | "
-                         f"{r['ntk_peak_bytes'] / 2**20:.0f} |")
+                         f"{r['ntk_peak_bytes'] / 2**20:.0f} | {r['blocks_ntk_kappa_run_s']:.3f} | "
+                         f"{r['ratio_blocks_over_grad']:.2f}x |")
         lines += ["", f"Architecture `{res['static_arch']}`; run = median of repeated calls after "
-                  "the first; peak = XLA memory analysis (arguments + outputs + temporaries).", ""]
+                  "the first, the three functions called in turn; peak = XLA memory analysis (arguments "
+                  "+ outputs + temporaries). blocks: the same parameters through "
+                  "`make_net(..., compile=\"blocks\")` (jit-compiled blocks, glue run eagerly; "
+                  "the default of `make_net` and `jhnas score`), divided by the same whole-network "
+                  "`jit(grad)`.", ""]
     b = res["blocks"]
     lines += [f"## {b['archs']} random architectures, compiled blocks (init + M + kappa)", "",
               "| steady s/arch | amortised s/arch | amortised / steady | compiles | compile s | "
