@@ -124,7 +124,8 @@ def main() -> None:
                   "|---|---|---|---|---|"]
         f3 = lambda v: " / ".join(f"{x:.3f}" for x in v)  # noqa: E731
         lines += [f"| {m} | {r['spearman']:.3f} | {r['n']} | {f3(r['test200_ours'])} | "
-                  f"{f3(r['test200_suite_zero'])} |" for m, r in res["suite_zero_agreement"].items()]
+                  f"{f3(r['test200_suite_zero'])} |"
+                  for m, r in res["suite_zero_agreement"].items()]
     if res["published"]:
         lines += ["", "Against the published Spearman rho (Abdelfattah et al. 2021, all 15,625 "
                   "architectures). Their CIFAR-10 target is not stated precisely; ours is shown "

@@ -77,7 +77,7 @@ def static_network(batch, reps: int) -> dict:
         fns = {"grad": lambda: grad(params),
                "ntk": lambda: ntk.condition_number(gram(params, x, y)),
                "blocks": lambda: ntk.condition_number(bgram(params, x, y))}
-        for fn in fns.values():  # the blocks' first call compiles them
+        for fn in fns.values():  # warm-up (with --archs 0 the blocks compile here)
             jax.block_until_ready(fn())
         run = interleaved(fns, reps)
         out[bn] = {"grad_compile_s": grad_compile, "grad_run_s": run["grad"],
@@ -153,8 +153,8 @@ def report(res: dict) -> str:
                          f"{r['ntk_peak_bytes'] / 2**20:.0f} | {r['blocks_ntk_kappa_run_s']:.3f} | "
                          f"{r['ratio_blocks_over_grad']:.2f}x |")
         lines += ["", f"Architecture `{res['static_arch']}`; run = median of repeated calls after "
-                  "the first, the three functions called in turn; peak = XLA memory analysis (arguments "
-                  "+ outputs + temporaries). blocks: the same parameters through "
+                  "the first, the three functions called in turn; peak = XLA memory analysis "
+                  "(arguments + outputs + temporaries). blocks: the same parameters through "
                   "`make_net(..., compile=\"blocks\")` (jit-compiled blocks, glue run eagerly; "
                   "the default of `make_net` and `jhnas score`), divided by the same whole-network "
                   "`jit(grad)`.", ""]

@@ -7,8 +7,9 @@ The 6,466 classes are those of :func:`jhnas.spaces.nb201.canonical` (NATS-Bench'
 strings); each class is represented by its lowest NB201 index. Chunk k holds representatives
 k*100 .. k*100+99 and is written to ``bench/results/nb201_space/<metrics>/chunk_<k>.csv`` by the
 same scorer as ``jhnas score`` (same protocol as bench/nb201_correlation.py, seed 0). Process i of
-n takes chunks i, i+n, ...; ``--chunks 21,23,40`` names the chunks explicitly instead (to rebalance
-the cores when one shard is ahead). Rerunning resumes. Finished chunks are committed as they complete.
+n takes chunks i, i+n, ...; ``--chunks 21,23,40`` names the chunks explicitly instead (to
+rebalance the cores when one shard is ahead). Rerunning resumes. Finished chunks are committed as
+they complete.
 """
 from __future__ import annotations
 
