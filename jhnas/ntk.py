@@ -221,15 +221,27 @@ def gram_from_taps(specs, inputs, deltas, *, biases: bool = True,
     return gram
 
 
+#: Samples per chunk of :func:`_layer_gram` on large convolution layers.
+GRAM_CHUNK = 2
+#: Size of one kernel offset's operands (shifted input and cotangents of the whole batch) above
+#: which :func:`_layer_gram` works through the batch in chunks of :data:`GRAM_CHUNK` samples.
+GRAM_CHUNK_BYTES = 3 * 2**20
+
+
 @functools.partial(jax.jit, static_argnums=(0, 3, 4))
 def _layer_gram(spec: LayerSpec, a: jax.Array, deltas: jax.Array, bias: bool,
                 scan_offsets: bool = False) -> jax.Array:
     """One layer's Gram of per-sample gradients, (N * outs, N * outs), sample-major rows.
 
     jitted per layer: one compilation per layer shape, shared by every network that has it.
-    Convolutions sum the Grams of each kernel offset (the input shifted by that offset against
-    the output cotangent): the same numbers as :func:`per_sample_layer_grads` without building
-    the window-times larger patch tensor (3-5x faster for 3x3 kernels on CPU).
+    Convolutions take the per-sample gradient one kernel offset at a time (the input shifted by
+    that offset against the output cotangent): the same numbers as
+    :func:`per_sample_layer_grads` without building the window-times larger patch tensor (3-5x
+    faster for 3x3 kernels on CPU). When one offset's operands exceed
+    :data:`GRAM_CHUNK_BYTES` (NB201's 32x32 and 16x16 stages at batch 64), each offset would
+    read them again from main memory; there the batch is worked through in chunks of
+    :data:`GRAM_CHUNK` samples (``lax.map``), every offset of a chunk while it is in cache.
+    Same numbers up to float32 summation order.
 
     ``scan_offsets=True`` loops over the offsets with ``lax.scan`` instead of unrolling them.
     Same numbers (bit for bit on XLA:CPU); inside one jit-compiled network XLA can then no longer
@@ -237,60 +249,60 @@ def _layer_gram(spec: LayerSpec, a: jax.Array, deltas: jax.Array, bias: bool,
     through the backward pass: the NB201 NTK at batch 256 needs 2.1 GB of XLA temporaries
     instead of 4.4 GB (``bench/results/parallel.md``).
     """
-    if scan_offsets and spec.kind == "conv" and math.prod(spec.kernel_size) > 1 and \
-            all(d == 1 for d in spec.input_dilation):
-        return _layer_gram_scan(spec, a, deltas, bias)
     n, outs = a.shape[0], deltas.shape[0]
     flat = lambda r: r.reshape(n * outs, -1)  # (n, outs, ...) -> sample-major rows
-    gram = 0.0
+    gram = jnp.zeros((n * outs, n * outs), deltas.dtype)
     if bias:
         b = deltas.reshape(outs, n, -1, deltas.shape[-1]).sum(2)  # (outs, N, C_out)
-        gram = _gram_of_rows([flat(jnp.swapaxes(b, 0, 1))])
+        gram = gram + _gram_of_rows([flat(jnp.swapaxes(b, 0, 1))])
     if spec.kind == "dense" or any(d != 1 for d in spec.input_dilation):
         kern, _ = jax.vmap(lambda d: per_sample_layer_grads(spec, a, d))(deltas)
         return gram + _gram_of_rows([flat(jnp.swapaxes(kern, 0, 1))])
+    a, shifted = _shifts(spec, a, deltas.shape[2:-1])
     g = spec.groups
+    d = deltas.reshape(outs, n, -1, g, deltas.shape[-1] // g)
+    grad = lambda x, d: jnp.einsum("nsgc,onsgk->nogck", x.reshape(*x.shape[:2], g, -1), d)
+    offsets = list(np.ndindex(*spec.kernel_size))
+    if scan_offsets and len(offsets) > 1:
+        step = lambda gram, o: (gram + _gram_of_rows([flat(grad(shifted(a, o), d))]), None)
+        return lax.scan(step, gram, jnp.asarray(offsets, jnp.int32))[0]
+    chunk = math.gcd(n, GRAM_CHUNK)
+    offset_bytes = n * d.shape[2] * (a.shape[-1] + outs * deltas.shape[-1]) * d.dtype.itemsize
+    if len(offsets) == 1 or chunk == n or offset_bytes < GRAM_CHUNK_BYTES:
+        for o in offsets:
+            gram = gram + _gram_of_rows([flat(grad(shifted(a, o), d))])
+        return gram
+
+    def chunk_grads(ad):  # (chunk, outs, offsets * g * C_in * C_out)
+        ac, dc = ad
+        return jnp.stack([grad(shifted(ac, o), dc) for o in offsets], 2).reshape(chunk, outs, -1)
+
+    d = jnp.swapaxes(d.reshape(outs, n // chunk, chunk, *d.shape[2:]), 0, 1)
+    rows = lax.map(chunk_grads, (a.reshape(n // chunk, chunk, *a.shape[1:]), d))
+    return gram + _gram_of_rows([rows.reshape(n * outs, -1)])
+
+
+def _shifts(spec: LayerSpec, a: jax.Array, out_shape):
+    """A convolution's zero-padded input and ``shifted(a, offset)``: the padded input ``a``
+    (n, ...) at the positions that kernel offset ``offset`` meets, (n, prod(out_shape), C_in).
+    ``offset`` may be traced (``lax.scan``)."""
     window = [(k - 1) * r + 1 for k, r in zip(spec.kernel_size, spec.kernel_dilation)]
     pads = (lax.padtype_to_pads(a.shape[1:-1], window, spec.strides, spec.padding)
             if isinstance(spec.padding, str) else spec.padding)
-    a = jnp.pad(a, ((0, 0), *pads, (0, 0)))
-    out_shape = deltas.shape[2:-1]
-    d = deltas.reshape(outs, n, -1, g, deltas.shape[-1] // g)
-    for offset in np.ndindex(*spec.kernel_size):
-        start = [o * r for o, r in zip(offset, spec.kernel_dilation)]
-        limit = [st + (m - 1) * s + 1 for st, m, s in zip(start, out_shape, spec.strides)]
-        x = lax.slice(a, (0, *start, 0), (n, *limit, a.shape[-1]), (1, *spec.strides, 1))
-        x = x.reshape(n, -1, g, a.shape[-1] // g)
-        gram = gram + _gram_of_rows([flat(jnp.einsum("nsgc,onsgk->nogck", x, d))])
-    return gram
-
-
-def _layer_gram_scan(spec: LayerSpec, a: jax.Array, deltas: jax.Array, bias: bool) -> jax.Array:
-    """:func:`_layer_gram` of a convolution, one kernel offset per ``lax.scan`` step."""
-    n, outs = a.shape[0], deltas.shape[0]
-    flat = lambda r: r.reshape(n * outs, -1)
-    gram = jnp.zeros((n * outs, n * outs), deltas.dtype)
-    if bias:
-        b = deltas.reshape(outs, n, -1, deltas.shape[-1]).sum(2)
-        gram = gram + _gram_of_rows([flat(jnp.swapaxes(b, 0, 1))])
-    g = spec.groups
-    window = [(k - 1) * r + 1 for k, r in zip(spec.kernel_size, spec.kernel_dilation)]
-    pads = (lax.padtype_to_pads(a.shape[1:-1], window, spec.strides, spec.padding)
-            if isinstance(spec.padding, str) else spec.padding)
-    a = jnp.pad(a, ((0, 0), *pads, (0, 0)))
-    out_shape = deltas.shape[2:-1]
-    d = deltas.reshape(outs, n, -1, g, deltas.shape[-1] // g)
     sizes = [(m - 1) * s + 1 for m, s in zip(out_shape, spec.strides)]
-    starts = np.array([[o * r for o, r in zip(offset, spec.kernel_dilation)]
-                       for offset in np.ndindex(*spec.kernel_size)], np.int32)
 
-    def step(gram, start):
-        x = lax.dynamic_slice(a, (0, *start, 0), (n, *sizes, a.shape[-1]))
-        x = x[(slice(None), *(slice(None, None, s) for s in spec.strides))]
-        x = x.reshape(n, -1, g, a.shape[-1] // g)
-        return gram + _gram_of_rows([flat(jnp.einsum("nsgc,onsgk->nogck", x, d))]), None
+    def shifted(a, offset):
+        start = [o * r for o, r in zip(offset, spec.kernel_dilation)]
+        if isinstance(offset, tuple):
+            limit = [st + size for st, size in zip(start, sizes)]
+            x = lax.slice(a, (0, *start, 0), (a.shape[0], *limit, a.shape[-1]),
+                          (1, *spec.strides, 1))
+        else:
+            x = lax.dynamic_slice(a, (0, *start, 0), (a.shape[0], *sizes, a.shape[-1]))
+            x = x[(slice(None), *(slice(None, None, s) for s in spec.strides))]
+        return x.reshape(a.shape[0], -1, a.shape[-1])
 
-    return lax.scan(step, gram, jnp.asarray(starts))[0]
+    return jnp.pad(a, ((0, 0), *pads, (0, 0))), shifted
 
 
 def output_cotangents(logits: jax.Array, y: jax.Array | None, output: str) -> jax.Array:
