@@ -10,8 +10,8 @@ the NTK of the true-label logit over Conv/Dense kernels and biases, jit-compiled
 (``compile="network"``).
 
 1. One device: XLA's memory analysis (arguments + outputs + temporaries) of the compiled NTK at
-   each batch size for the official decomposition with unrolled kernel offsets (jhnas's default),
-   with ``scan_offsets=True`` (what :mod:`jhnas.parallel` uses), and the per-sample
+   each batch size for the official decomposition as jhnas computes it by default (kernel offsets
+   unrolled, the large layers in chunks of samples), with ``scan_offsets=True`` (what :mod:`jhnas.parallel` uses), and the per-sample
    implementation (``vmap`` of single-sample gradients, 16 samples at a time); seconds of one run
    where ``--run`` asks for it.
 2. Several devices (a child process; on CPU four host devices forced with
@@ -34,7 +34,7 @@ import numpy as np
 
 RESULTS = Path(__file__).resolve().parent / "results"
 STATIC = "|nor_conv_3x3~0|+|nor_conv_3x3~0|avg_pool_3x3~1|+|skip_connect~0|nor_conv_1x1~1|nor_conv_3x3~2|"
-VARIANTS = {"decomposition, unrolled offsets": dict(implementation="decomposition"),
+VARIANTS = {"decomposition (default)": dict(implementation="decomposition"),
             "decomposition, scan_offsets": dict(implementation="decomposition",
                                                 scan_offsets=True),
             "per_sample (chunk 16)": dict(implementation="per_sample", chunk_size=16)}
@@ -168,9 +168,10 @@ def report(res: dict) -> str:
     for r in res["one_device"]:
         L.append(f"| {r['batch']} | {r['variant']} | {mb(r['peak_bytes'])} | {mb(r['temp_bytes'])} "
                  f"| {r['compile_s']:.1f} | {r.get('run_s', float('nan')):.2f} |")
-    L += ["", "`scan_offsets` computes the same Gram (bit for bit on XLA:CPU) with `lax.scan` over "
+    L += ["", "`scan_offsets` computes the same Gram (up to float32 summation order) with `lax.scan` over "
           "kernel offsets, so XLA cannot hoist a shifted copy of every layer input per offset into "
-          "the forward pass. per_sample has different semantics with train-mode BatchNorm (each "
+          "the forward pass (the default does that only where it works through the batch in chunks "
+          "of samples: layers with large activations). per_sample has different semantics with train-mode BatchNorm (each "
           "sample normalised alone); its memory grows with the rows of per-sample gradients "
           "(N x P floats).", ""]
     s = res.get("sharded", {})

@@ -243,11 +243,11 @@ def _layer_gram(spec: LayerSpec, a: jax.Array, deltas: jax.Array, bias: bool,
     :data:`GRAM_CHUNK` samples (``lax.map``), every offset of a chunk while it is in cache.
     Same numbers up to float32 summation order.
 
-    ``scan_offsets=True`` loops over the offsets with ``lax.scan`` instead of unrolling them.
-    Same numbers (bit for bit on XLA:CPU); inside one jit-compiled network XLA can then no longer
-    hoist the shifted copies of every layer input into the forward pass and keep them alive
+    ``scan_offsets=True`` loops over the offsets of the whole batch with ``lax.scan`` instead
+    (same numbers up to summation order); inside one jit-compiled network XLA can then no longer
+    hoist the shifted copies of any layer input into the forward pass and keep them alive
     through the backward pass: the NB201 NTK at batch 256 needs 2.1 GB of XLA temporaries
-    instead of 4.4 GB (``bench/results/parallel.md``).
+    instead of 2.9 GB (``bench/results/parallel.md``).
     """
     n, outs = a.shape[0], deltas.shape[0]
     flat = lambda r: r.reshape(n * outs, -1)  # (n, outs, ...) -> sample-major rows

@@ -16,9 +16,9 @@ Two kinds of parallelism, both giving the values of a single-device run:
   device. Values are bit-identical to :func:`jhnas.score.score_arch` on one device.
 
 Memory: the NTK uses :func:`jhnas.ntk.empirical_ntk_fn` with ``scan_offsets=True`` (the per-layer
-Gram loops over convolution kernel offsets instead of unrolling them), which halves the peak
+Gram loops over convolution kernel offsets instead of unrolling them), which lowers the peak
 memory of a jit-compiled network: the NB201 network (5 cells, C = 16) needs 2.1 GB of XLA
-temporaries at batch 256 instead of 4.4 GB (``bench/results/parallel.md``).
+temporaries at batch 256 instead of 2.9 GB (``bench/results/parallel.md``).
 
 Example (four host CPU devices stand in for accelerators)::
 
