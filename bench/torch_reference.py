@@ -31,8 +31,8 @@ kernels -> OIHW, Dense (in, out) -> Linear (out, in)). Images: ``jhnas.data.defa
 
 Speed protocol: one process pinned to one core (taskset), ``torch.set_num_threads(1)`` and
 XLA_FLAGS ``--xla_cpu_multi_thread_eigen=false`` (and the taskset); for each
-architecture both frameworks run back to back, so machine load affects both alike (the load is
-recorded). Per-architecture seconds are amortised: total time over the architectures, jhnas
+architecture each metric runs in torch and then in jhnas, so machine load affects both alike (the
+load is recorded). Per-architecture seconds are amortised: total time over the architectures, jhnas
 compilations included (compiled blocks: compilations happen in the first architectures only;
 ``compile="network"``: one compilation per architecture and metric, measured on the first
 ``--network-archs`` architectures). Peak memory: torch, the peak RSS of a child
@@ -415,7 +415,7 @@ def _compile_events():
 
 
 def bench_blocks(archs, batch, cells=5) -> list[dict]:
-    """Per architecture: torch (official style) and jhnas compiled blocks, back to back."""
+    """Per architecture and metric: torch (official style), then jhnas compiled blocks."""
     from jhnas import ntk as jntk
     from jhnas.metrics import metrics_fn
     events = _compile_events()
@@ -426,14 +426,13 @@ def bench_blocks(archs, batch, cells=5) -> list[dict]:
         before = len(events)
         (net, params), r["jax_s"]["build"] = _timed(lambda: jhnas_setup(arch, batch, N=cells))
         tnet, r["torch_s"]["build"] = _timed(lambda: torch_net(arch, params, N=cells))
-        for name, fn in TORCH_FNS.items():
+        for name, fn in TORCH_FNS.items():  # each metric in turn: torch, then jhnas
             r["torch"][name], r["torch_s"][name] = _timed(fn, tnet, xt, yt)
-        (m, k), r["torch_s"]["ntk_both"] = _timed(ntk_both, tnet, xt, yt)
-        r["torch_s"]["ntk_official"] = r["torch_s"]["ntk_trace"] + r["torch_s"]["ntk_cond"]
-        for name in TORCH_METRICS:
             r["jax"][name], r["jax_s"][name] = _timed(
                 lambda n: metrics_fn(net, [n])(params, batch)[n], name)
-        both, r["jax_s"]["ntk_both"] = _timed(
+        _, r["torch_s"]["ntk_both"] = _timed(ntk_both, tnet, xt, yt)
+        r["torch_s"]["ntk_official"] = r["torch_s"]["ntk_trace"] + r["torch_s"]["ntk_cond"]
+        _, r["jax_s"]["ntk_both"] = _timed(
             lambda: metrics_fn(net, ["ntk_trace", "ntk_cond"])(params, batch))
         _, r["jax_s"]["all"] = _timed(lambda: metrics_fn(net, list(TORCH_METRICS))(params, batch))
         r["jax_compiles"] = len(events) - before
@@ -1014,7 +1013,7 @@ def report(res: dict) -> str:
               f"{', '.join(f'{x:.1f}' for x in res['load_before']['loadavg'])}; after: "
               f"{', '.join(f'{x:.1f}' for x in res['load_after']['loadavg'])}; busiest "
               f"processes at the start: {'; '.join(res['load_before']['top_processes'][:2])}. "
-              "Both frameworks ran back to back in one process, so load affects them alike.",
+              "Each metric ran in torch and then in jhnas in one process, so load affects them alike.",
               f"Wall time of the run: {res['wall_s'] / 60:.1f} min.", ""]
     if res.get("blocks"):
         rows = res["blocks"]
@@ -1070,9 +1069,12 @@ def report(res: dict) -> str:
               f"{[i for i, r in enumerate(rows) if r['jax_compiles']]}; "
               f"{len(steady)} architectures compiled nothing."]
         if steady:
-            L.append("Steady state (architectures without compilation): " + ", ".join(
-                f"{m} {statistics.mean(r['jax_s'][m] for r in steady):.2f} s" for m in
-                list(TORCH_METRICS) + ["ntk_both"]) + ".")
+            L += ["", f"Steady state ({len(steady)} architectures without compilation):", "",
+                  "| metric | torch s | jhnas s | jhnas / torch |", "|---|---|---|---|"]
+            for m in list(TORCH_METRICS) + ["ntk_both"]:
+                t = statistics.mean(r["torch_s"][m] for r in steady)
+                j = statistics.mean(r["jax_s"][m] for r in steady)
+                L.append(f"| {m} | {t:.2f} | {j:.2f} | {j / t:.2f}x |")
     if res.get("network"):
         L += ["", "## jhnas compile=\"network\" (one compilation per architecture) and the "
               "per-sample variants", "",
