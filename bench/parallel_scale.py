@@ -11,9 +11,9 @@ the NTK of the true-label logit over Conv/Dense kernels and biases, jit-compiled
 
 1. One device: XLA's memory analysis (arguments + outputs + temporaries) of the compiled NTK at
    each batch size for the official decomposition as jhnas computes it by default (kernel offsets
-   unrolled, the large layers in chunks of samples), with ``scan_offsets=True`` (what :mod:`jhnas.parallel` uses), and the per-sample
-   implementation (``vmap`` of single-sample gradients, 16 samples at a time); seconds of one run
-   where ``--run`` asks for it.
+   unrolled, the large layers in chunks of samples), with ``scan_offsets=True`` (what
+   :mod:`jhnas.parallel` uses), and the per-sample implementation (``vmap`` of single-sample
+   gradients, 16 samples at a time); seconds of one run where ``--run`` asks for it.
 2. Several devices (a child process; on CPU four host devices forced with
    ``--xla_force_host_platform_device_count=4``, which share the machine's cores, so their
    seconds are not a speed-up measurement): :func:`jhnas.parallel.sharded_ntk_fn` at the largest
@@ -168,12 +168,12 @@ def report(res: dict) -> str:
     for r in res["one_device"]:
         L.append(f"| {r['batch']} | {r['variant']} | {mb(r['peak_bytes'])} | {mb(r['temp_bytes'])} "
                  f"| {r['compile_s']:.1f} | {r.get('run_s', float('nan')):.2f} |")
-    L += ["", "`scan_offsets` computes the same Gram (up to float32 summation order) with `lax.scan` over "
-          "kernel offsets, so XLA cannot hoist a shifted copy of every layer input per offset into "
-          "the forward pass (the default does that only where it works through the batch in chunks "
-          "of samples: layers with large activations). per_sample has different semantics with train-mode BatchNorm (each "
-          "sample normalised alone); its memory grows with the rows of per-sample gradients "
-          "(N x P floats).", ""]
+    L += ["", "`scan_offsets` computes the same Gram (up to float32 summation order) with "
+          "`lax.scan` over kernel offsets, so XLA cannot hoist a shifted copy of every layer input "
+          "per offset into the forward pass (the default does that only where it works through "
+          "the batch in chunks of samples: layers with large activations). per_sample has "
+          "different semantics with train-mode BatchNorm (each sample normalised alone); its "
+          "memory grows with the rows of per-sample gradients (N x P floats).", ""]
     s = res.get("sharded", {})
     L += ["## Batch sharded over devices (`jhnas.parallel.sharded_ntk_fn`)", ""]
     if "error" in s:

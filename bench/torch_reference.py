@@ -1013,7 +1013,8 @@ def report(res: dict) -> str:
               f"{', '.join(f'{x:.1f}' for x in res['load_before']['loadavg'])}; after: "
               f"{', '.join(f'{x:.1f}' for x in res['load_after']['loadavg'])}; busiest "
               f"processes at the start: {'; '.join(res['load_before']['top_processes'][:2])}. "
-              "Each metric ran in torch and then in jhnas in one process, so load affects them alike.",
+              "Each metric ran in torch and then in jhnas in one process, so load affects them "
+              "alike.",
               f"Wall time of the run: {res['wall_s'] / 60:.1f} min.", ""]
     if res.get("blocks"):
         rows = res["blocks"]
