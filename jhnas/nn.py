@@ -28,8 +28,55 @@ from jax.custom_derivatives import SymbolicZero
 
 RELU_INPUTS = "relu_inputs"
 
-#: Kernel initialiser equal to PyTorch's ``kaiming_uniform_(w, a=sqrt(5))``: U(-1/sqrt(fan_in), +).
-torch_kernel_init = nn.initializers.variance_scaling(1.0 / 3.0, "fan_in", "uniform")
+#: Eager draws of :func:`_uniform` are made in sizes _DRAW_MIN * _DRAW_STEP**k.
+_DRAW_MIN, _DRAW_STEP = 256, 4
+
+
+def _draw_size(n: int) -> int:
+    size = _DRAW_MIN
+    while size < n:
+        size *= _DRAW_STEP
+    return size
+
+
+def _prefix_stable(key: jax.Array) -> bool:
+    """True if ``uniform(key, (m,))[:n] == uniform(key, (n,))`` for m >= n: threefry with
+    ``jax_threefry_partitionable`` (JAX's default), whose i-th value depends only on the key and
+    i."""
+    if not jax.config.jax_threefry_partitionable:
+        return False
+    typed = jnp.issubdtype(key.dtype, jax.dtypes.prng_key)
+    impl = jax.random.key_impl(key) if typed else jax.config.jax_default_prng_impl
+    return "threefry" in str(impl)
+
+
+@functools.partial(jax.jit, static_argnums=1)
+def _head(flat: jax.Array, shape: tuple[int, ...], scale) -> jax.Array:
+    return flat[:math.prod(shape)].reshape(shape) * scale
+
+
+def _uniform(key, shape, dtype, minval, maxval, scale=1) -> jax.Array:
+    """``jax.random.uniform(key, shape, dtype, minval, maxval) * scale``, the same values.
+
+    Run eagerly, ``jax.random.uniform`` compiles one program per shape, about 0.5 s each on CPU:
+    most of a network's first initialisation (:func:`jhnas.net.block_init`). Here an eager draw
+    is the first ``prod(shape)`` values of a flat draw of size 256 * 4**k, so a whole search
+    space compiles a few random programs (and one small slicing program per shape). Under a
+    trace, or where the prefix property fails (:func:`_prefix_stable`), it is the plain draw.
+    """
+    shape = tuple(shape)
+    if isinstance(key, jax.core.Tracer) or not _prefix_stable(key):
+        return jax.random.uniform(key, shape, dtype, minval, maxval) * scale
+    flat = jax.random.uniform(key, (_draw_size(math.prod(shape)),), dtype, minval, maxval)
+    return _head(flat, shape, scale)
+
+
+def torch_kernel_init(key, shape, dtype=jnp.float32):
+    """PyTorch's ``kaiming_uniform_(w, a=sqrt(5))``: U(-1/sqrt(fan_in), 1/sqrt(fan_in)), fan_in
+    the product of all but the last (output) axis; the values of
+    ``nn.initializers.variance_scaling(1/3, "fan_in", "uniform")``."""
+    variance = jnp.array(1.0 / 3.0 / math.prod(shape[:-1]), dtype=dtype)
+    return _uniform(key, shape, dtype, -1, 1, scale=jnp.sqrt(3 * variance))
 
 
 def torch_bias_init(fan_in: int):
@@ -37,7 +84,7 @@ def torch_bias_init(fan_in: int):
     bound = 1.0 / math.sqrt(fan_in) if fan_in > 0 else 0.0
 
     def init(key, shape, dtype=jnp.float32):
-        return jax.random.uniform(key, shape, dtype, -bound, bound)
+        return _uniform(key, shape, dtype, -bound, bound)
 
     return init
 

@@ -4,6 +4,7 @@ import functools
 import jax
 import jax.numpy as jnp
 import numpy as np
+import flax.linen as nn
 import pytest
 from jax import lax
 
@@ -68,3 +69,37 @@ def test_avg_pool_3x3_equals_flax_avg_pool_in_float64(stride, size):
         ct = jax.random.normal(jax.random.key(2), ref(x).shape, jnp.float64)
         np.testing.assert_allclose(jax.vjp(ours, x)[1](ct)[0], jax.vjp(ref, x)[1](ct)[0],
                                    rtol=1e-12, atol=1e-14)
+
+
+@pytest.mark.parametrize("partitionable", [True, False])
+def test_torch_inits_equal_the_plain_draws(partitionable):
+    """Eager (flat draw, sliced) and traced: exactly variance_scaling(1/3, "fan_in", "uniform")
+    and jax.random.uniform; without the prefix property the plain draw is used."""
+    ref = nn.initializers.variance_scaling(1 / 3, "fan_in", "uniform")
+    bias = jnn.torch_bias_init(27)
+    traced = jax.jit(jnn.torch_kernel_init, static_argnums=1)
+    with jax.threefry_partitionable(partitionable):
+        for i, shape in enumerate([(3, 3, 3, 16), (1, 1, 16, 16), (5, 7, 9)]):
+            key = jax.random.fold_in(jax.random.key(7), i)
+            want = ref(key, shape)
+            assert jnn.torch_kernel_init(key, shape).shape == shape
+            np.testing.assert_array_equal(jnn.torch_kernel_init(key, shape), want)
+            np.testing.assert_array_equal(traced(key, shape), want)
+            np.testing.assert_array_equal(bias(key, shape[-1:]), jax.random.uniform(
+                key, shape[-1:], jnp.float32, -27**-.5, 27**-.5))
+
+
+def test_eager_inits_compile_one_random_program_per_draw_size():
+    names = []
+
+    def listener(event, duration, **kw):
+        if event == "/jax/core/compile/backend_compile_duration":
+            names.append(kw.get("fun_name"))
+
+    jax.monitoring.register_event_duration_secs_listener(listener)
+    try:  # 36 to 256 values: one draw size; dtype float16 keeps earlier tests' caches out
+        for i, shape in enumerate([(3, 3, 2, 2), (4, 4, 4, 3), (5, 5, 5), (64, 4), (37,)]):
+            jnn.torch_kernel_init(jax.random.key(i), shape, jnp.float16)
+    finally:
+        jax.monitoring.unregister_event_duration_listener(listener)
+    assert names.count("jit(_uniform)") == 1
