@@ -3,6 +3,7 @@
   taskset -c 1 python bench/torch_reference.py             # writes results/torch_vs_jax.{md,json}
   python bench/torch_reference.py --archs 2 --network-archs 0 --float64-archs 1   # smoke run
   taskset -c 1 python bench/torch_reference.py pool        # M + kappa of 200 archs, 2 fresh runs
+  taskset -c 1 python bench/torch_reference.py pool --metrics grad_norm --pool-archs 100
   taskset -c 1 python bench/torch_reference.py xla-flags   # XLA:CPU settings vs the gradient step
   python bench/torch_reference.py memory                   # only the peak-memory table
   taskset -c 1 python bench/torch_reference.py nt          # neural-tangents vs jhnas, ~10 min
@@ -622,7 +623,15 @@ def memory_table() -> dict:
     return out
 
 
-def pool_study(n_archs: int, cells: int = 5) -> dict:
+NTK_POOL = ("ntk_trace", "ntk_cond")
+
+
+def pool_key(metrics) -> str:
+    """Where a pool study of ``metrics`` is stored: "pool" (M + kappa) or "pool:<metrics>"."""
+    return "pool" if tuple(metrics) == NTK_POOL else "pool:" + ",".join(metrics)
+
+
+def pool_study(n_archs: int, cells: int = 5, metrics=NTK_POOL) -> dict:
     """:func:`child_pool` in two fresh processes sharing a new compilation cache: the first
     run compiles (and fills the cache), the second loads what the first compiled."""
     import tempfile
@@ -630,21 +639,24 @@ def pool_study(n_archs: int, cells: int = 5) -> dict:
     with tempfile.TemporaryDirectory() as cache:
         for run in ("first", "second"):
             res = subprocess.run([sys.executable, __file__, "_pool", str(n_archs), str(cells),
-                                  cache], capture_output=True, text=True, env=os.environ.copy())
+                                  cache, ",".join(metrics)], capture_output=True, text=True,
+                                 env=os.environ.copy())
             try:
                 out[run] = json.loads(res.stdout.strip().splitlines()[-1])
             except (IndexError, json.JSONDecodeError):
                 out[run] = {"error": res.stderr[-800:]}
-            print("pool", run, "done", flush=True)
+            print("pool", ",".join(metrics), run, "done", flush=True)
     return out
 
 
-def child_pool(n_archs: int, cells: int = 5, cache: str | None = None) -> dict:
-    """HNAS's workload in a fresh process: M and kappa of ``n_archs`` architectures,
-    official-style torch (network built, weights copied, the NTK computed once for M and again
-    for kappa) against jhnas (``make_net`` + init + one ``metrics_fn(net, ["ntk_trace",
-    "ntk_cond"])``), every compilation counted where it happens; jhnas's compilations go to (or
-    come from) the persistent cache ``cache`` (:func:`jhnas.score.enable_compile_cache`)."""
+def child_pool(n_archs: int, cells: int = 5, cache: str | None = None,
+               metrics=NTK_POOL) -> dict:
+    """A pool's workload in a fresh process: ``metrics`` of ``n_archs`` architectures,
+    official-style torch (for each metric the network built, the weights copied, the metric
+    computed; M + kappa: the NTK once for M and again for kappa) against jhnas (``make_net`` +
+    init + one ``metrics_fn(net, metrics)``), every compilation counted where it happens;
+    jhnas's compilations go to (or come from) the persistent cache ``cache``
+    (:func:`jhnas.score.enable_compile_cache`)."""
     from jhnas import data, score
     from jhnas.metrics import metrics_fn
     from jhnas.spaces import nb201
@@ -659,37 +671,41 @@ def child_pool(n_archs: int, cells: int = 5, cache: str | None = None) -> dict:
         before = len(events)
         t = time.perf_counter()
         net, params = jhnas_setup(arch, batch, N=cells)
-        j = metrics_fn(net, ["ntk_trace", "ntk_cond"])(params, batch)
+        j = metrics_fn(net, list(metrics))(params, batch)
         jax_s = time.perf_counter() - t
         compiles, compile_s = len(events) - before, sum(events[before:])
         t = time.perf_counter()
-        m = ntk_trace(torch_net(arch, params, N=cells), xt, yt)
-        k = ntk_cond(torch_net(arch, params, N=cells), xt, yt)
+        tv = {m: TORCH_FNS[m](torch_net(arch, params, N=cells), xt, yt) for m in metrics}
         torch_s = time.perf_counter() - t
         rows.append({"arch": arch, "jax_s": jax_s, "torch_s": torch_s, "compiles": compiles,
-                     "compile_s": compile_s, "rel_M": rel(m, j["ntk_trace"]),
-                     "rel_kappa": rel(k, j["ntk_cond"])})
+                     "compile_s": compile_s, "rel": {m: rel(tv[m], j[m]) for m in metrics}})
         print(f"pool {i + 1:3d} torch {torch_s:5.2f} s  jax {jax_s:5.2f} s  compiles {compiles}",
               file=sys.stderr, flush=True)
-    return {"versions": versions(), "cells": cells, "rows": rows}
+    return {"versions": versions(), "cells": cells, "metrics": list(metrics), "rows": rows}
 
 
 def pool_table(pool: dict) -> list[str]:
     runs = {k: v for k, v in pool.items() if isinstance(v, dict) and "rows" in v}
     if not runs:
-        return ["", f"## M + kappa for a pool: failed ({pool})"]
+        return ["", f"## Pool study failed ({pool})"]
     first = next(iter(runs.values()))
+    metrics = tuple(first.get("metrics", NTK_POOL))
+    ntk = metrics == NTK_POOL
+    what = "M + kappa" if ntk else " + ".join(metrics)
     n = len(first["rows"])
     ks = sorted({min(k, n) for k in (5, 15, 30, 60, 100, n)})
-    L = ["", f"## M + kappa for a pool of {n} architectures (HNAS's workload; "
-         f"{first.get('cells', 5)} cells per stage)", "",
-         "Per architecture, alternating in one process pinned to one core: torch official "
-         "style (build, copy the weights, the NTK once for M and again for kappa) and jhnas "
-         "(`make_net` + init + one `metrics_fn(net, [\"ntk_trace\", \"ntk_cond\"])` on compiled "
-         "blocks). first run: a fresh process compiles every block (and stores it in a new "
-         "persistent cache, `jhnas.score.enable_compile_cache`, as `jhnas score` does); second "
-         "run: another fresh process loads them from that cache. Amortised = total seconds, "
-         "compilation included, over the first k architectures; ratio = torch / jhnas.", "",
+    torch_how = ("the NTK once for M and again for kappa" if ntk else
+                 "the metric" if len(metrics) == 1 else "each metric on its own copy")
+    L = ["", f"## {what} for a pool of {n} architectures"
+         f"{' (HNAS' + chr(39) + 's workload)' if ntk else ''}; {first.get('cells', 5)} cells "
+         "per stage", "",
+         f"Per architecture, alternating in one process pinned to one core: torch official "
+         f"style (build, copy the weights, {torch_how}) and jhnas (`make_net` + init + one "
+         f"`metrics_fn(net, {list(metrics)})` on compiled blocks). first run: a fresh process "
+         "compiles every block (and stores it in a new persistent cache, "
+         "`jhnas.score.enable_compile_cache`, as `jhnas score` does); second run: another fresh "
+         "process loads them from that cache. Amortised = total seconds, compilation included, "
+         "over the first k architectures; ratio = torch / jhnas (above 1: jhnas faster).", "",
          "| run | " + " | ".join(f"first {k}: torch / jhnas s, ratio" for k in ks) +
          " | steady state: torch / jhnas s, ratio | jhnas compilations (s) |",
          "|---|" + "---|" * (len(ks) + 2)]
@@ -707,9 +723,12 @@ def pool_table(pool: dict) -> list[str]:
         cells.append(f"{sum(r['compiles'] for r in rows)} ({sum(r['compile_s'] for r in rows):.0f})")
         L.append(f"| {name} | " + " | ".join(cells) + " |")
     rows = first["rows"]
+    # rows of older results hold rel_M / rel_kappa
+    rels = {m: [r["rel"][m] if "rel" in r else r["rel_" + {"ntk_trace": "M", "ntk_cond": "kappa"}[m]]
+                for r in rows] for m in metrics}
     L += ["", "Steady state: the architectures that compiled nothing. Relative difference "
-          f"torch vs jhnas: M median {statistics.median(r['rel_M'] for r in rows):.1e}, kappa "
-          f"median {statistics.median(r['rel_kappa'] for r in rows):.1e}."]
+          "torch vs jhnas, median: " + ", ".join(f"{m} {statistics.median(v):.1e}"
+                                                 for m, v in rels.items()) + "."]
     return L
 
 
@@ -932,7 +951,9 @@ def main(argv=None) -> None:
                    help="of which the first k also run with compile='network'")
     p.add_argument("--float64-archs", type=int, default=4)
     p.add_argument("--pool-archs", type=int, default=200,
-                   help="architectures of the pool command (about 50 min for 200)")
+                   help="architectures of the pool command (about 30 min for 200, M + kappa)")
+    p.add_argument("--metrics", default=",".join(NTK_POOL),
+                   help="comma-separated metrics of the pool command (default: M + kappa)")
     p.add_argument("--no-memory", action="store_true")
     p.add_argument("--cells", type=int, default=5, help="cells per stage (smoke runs: 1)")
     p.add_argument("--nt-cells", type=int, default=1,
@@ -947,8 +968,8 @@ def main(argv=None) -> None:
         return
     if args.command == "_pool":
         _pin_threads()
-        n, cells, cache = args.extra
-        print(json.dumps(child_pool(int(n), int(cells), cache)))
+        n, cells, cache, metrics = args.extra
+        print(json.dumps(child_pool(int(n), int(cells), cache, tuple(metrics.split(",")))))
         return
     if args.command == "_grad_step":
         torch.set_num_threads(1)
@@ -967,7 +988,12 @@ def main(argv=None) -> None:
         res["neural_tangents"] = bench_nt(STATIC, data.default_batch(args.batch), args.nt_cells)
         res.setdefault("versions", {})["neural_tangents"] = versions()["neural_tangents"]
     elif args.command == "pool":
-        res["pool"] = pool_study(args.pool_archs, args.cells)
+        metrics = tuple(args.metrics.split(","))
+        unknown = set(metrics) - set(TORCH_METRICS)
+        if unknown:
+            p.error(f"--metrics: unknown {', '.join(sorted(unknown))}; known: "
+                    f"{', '.join(TORCH_METRICS)}")
+        res[pool_key(metrics)] = pool_study(args.pool_archs, args.cells, metrics)
     elif args.command == "xla-flags":
         res["xla_flags"] = {"versions": versions(), "load_before": _load(),
                             "variants": xla_flags_study(), "load_after": _load()}
@@ -987,7 +1013,7 @@ def main(argv=None) -> None:
         new["memory"] = None if args.no_memory or args.cells != 5 else memory_table()
         new["load_after"] = _load()
         new["wall_s"] = time.perf_counter() - t0
-        res = {**new, **{k: res[k] for k in ("xla_flags", "pool") if k in res}}
+        res = {**new, **{k: v for k, v in res.items() if k == "xla_flags" or k.startswith("pool")}}
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(res, indent=1, default=float))
     Path(args.out + ".md").write_text(report(res))
@@ -1094,8 +1120,8 @@ def report(res: dict) -> str:
               "vs jhnas `implementation=\"per_sample\"`, relative difference: " + "; ".join(
                   f"#{i} M {r['rel_per_sample']['M']:.1e}, kappa {r['rel_per_sample']['kappa']:.1e}"
                   for i, r in enumerate(res["network"])) + "."]
-    if res.get("pool"):
-        L += pool_table(res["pool"])
+    for key in sorted(k for k in res if k.startswith("pool")):  # "pool" (M + kappa) first
+        L += pool_table(res[key])
     nt = res.get("neural_tangents")
     if nt:
         L += ["", "## neural-tangents backend", ""]
