@@ -696,9 +696,8 @@ def pool_table(pool: dict) -> list[str]:
     ks = sorted({min(k, n) for k in (5, 15, 30, 60, 100, n)})
     torch_how = ("the NTK once for M and again for kappa" if ntk else
                  "the metric" if len(metrics) == 1 else "each metric on its own copy")
-    L = ["", f"## {what} for a pool of {n} architectures"
-         f"{' (HNAS' + chr(39) + 's workload)' if ntk else ''}; {first.get('cells', 5)} cells "
-         "per stage", "",
+    title = f"{what} for a pool of {n} architectures" + (" (HNAS's workload)" if ntk else "")
+    L = ["", f"## {title}; {first.get('cells', 5)} cells per stage", "",
          f"Per architecture, alternating in one process pinned to one core: torch official "
          f"style (build, copy the weights, {torch_how}) and jhnas (`make_net` + init + one "
          f"`metrics_fn(net, {list(metrics)})` on compiled blocks). first run: a fresh process "
@@ -723,12 +722,31 @@ def pool_table(pool: dict) -> list[str]:
         cells.append(f"{sum(r['compiles'] for r in rows)} ({sum(r['compile_s'] for r in rows):.0f})")
         L.append(f"| {name} | " + " | ".join(cells) + " |")
     rows = first["rows"]
-    # rows of older results hold rel_M / rel_kappa
-    rels = {m: [r["rel"][m] if "rel" in r else r["rel_" + {"ntk_trace": "M", "ntk_cond": "kappa"}[m]]
-                for r in rows] for m in metrics}
     L += ["", "Steady state: the architectures that compiled nothing. Relative difference "
-          "torch vs jhnas, median: " + ", ".join(f"{m} {statistics.median(v):.1e}"
-                                                 for m, v in rels.items()) + "."]
+          "torch vs jhnas, median: " + ", ".join(
+              f"{m} {statistics.median(r['rel'][m] for r in rows):.1e}" for m in metrics) + "."]
+    return L
+
+
+def pool_summary(res: dict) -> list[str]:
+    """One row per pool study: torch / jhnas, steady state and amortised over the whole pool."""
+    keys = sorted(k for k in res if k.startswith("pool") and "first" in res[k]
+                  and "rows" in res[k]["first"])
+    if len(keys) < 2:
+        return []
+
+    def ratio(rows):
+        return sum(r["torch_s"] for r in rows) / sum(r["jax_s"] for r in rows)
+
+    L = ["", "## Pools, summary (torch / jhnas seconds: above 1, jhnas faster)", "",
+         "| metrics | archs | steady state | amortised over 15, cold | amortised over all, "
+         "cold | amortised over all, cache loaded |", "|---|---|---|---|---|---|"]
+    for k in keys:
+        first, second = res[k]["first"]["rows"], res[k].get("second", {}).get("rows")
+        steady = [r for r in first if r["compiles"] == 0] or first
+        L.append(f"| {' + '.join(res[k]['first'].get('metrics', NTK_POOL))} | {len(first)} | "
+                 f"{ratio(steady):.2f}x | {ratio(first[:15]):.2f}x | {ratio(first):.2f}x | "
+                 f"{f'{ratio(second):.2f}x' if second else '–'} |")
     return L
 
 
@@ -1120,6 +1138,7 @@ def report(res: dict) -> str:
               "vs jhnas `implementation=\"per_sample\"`, relative difference: " + "; ".join(
                   f"#{i} M {r['rel_per_sample']['M']:.1e}, kappa {r['rel_per_sample']['kappa']:.1e}"
                   for i, r in enumerate(res["network"])) + "."]
+    L += pool_summary(res)
     for key in sorted(k for k in res if k.startswith("pool")):  # "pool" (M + kappa) first
         L += pool_table(res[key])
     nt = res.get("neural_tangents")
