@@ -1,10 +1,11 @@
-"""jhnas.nn: the chunked convolution and the shifted-slice average pool against lax and flax."""
+"""jhnas.nn: the chunked convolution, the shifted-slice average pool and the PyTorch-default
+initialisers against lax, flax and jax.random."""
 import functools
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
-import flax.linen as nn
 import pytest
 from jax import lax
 
