@@ -684,12 +684,17 @@ def child_pool(n_archs: int, cells: int = 5, cache: str | None = None,
     return {"versions": versions(), "cells": cells, "metrics": list(metrics), "rows": rows}
 
 
+def _steady(rows: list[dict]) -> list[dict]:
+    """The pool rows of architectures that compiled nothing (all rows if every one compiled)."""
+    return [r for r in rows if r["compiles"] == 0] or rows
+
+
 def pool_table(pool: dict) -> list[str]:
     runs = {k: v for k, v in pool.items() if isinstance(v, dict) and "rows" in v}
     if not runs:
         return ["", f"## Pool study failed ({pool})"]
     first = next(iter(runs.values()))
-    metrics = tuple(first.get("metrics", NTK_POOL))
+    metrics = tuple(first["metrics"])
     ntk = metrics == NTK_POOL
     what = "M + kappa" if ntk else " + ".join(metrics)
     n = len(first["rows"])
@@ -715,7 +720,7 @@ def pool_table(pool: dict) -> list[str]:
             t = sum(r["torch_s"] for r in rows[:k]) / k
             j = sum(r["jax_s"] for r in rows[:k]) / k
             cells.append(f"{t:.2f} / {j:.2f}, {t / j:.2f}x")
-        steady = [r for r in rows if r["compiles"] == 0] or rows
+        steady = _steady(rows)
         t = statistics.mean(r["torch_s"] for r in steady)
         j = statistics.mean(r["jax_s"] for r in steady)
         cells.append(f"{t:.2f} / {j:.2f}, {t / j:.2f}x")
@@ -743,9 +748,8 @@ def pool_summary(res: dict) -> list[str]:
          "cold | amortised over all, cache loaded |", "|---|---|---|---|---|---|"]
     for k in keys:
         first, second = res[k]["first"]["rows"], res[k].get("second", {}).get("rows")
-        steady = [r for r in first if r["compiles"] == 0] or first
-        L.append(f"| {' + '.join(res[k]['first'].get('metrics', NTK_POOL))} | {len(first)} | "
-                 f"{ratio(steady):.2f}x | {ratio(first[:15]):.2f}x | {ratio(first):.2f}x | "
+        L.append(f"| {' + '.join(res[k]['first']['metrics'])} | {len(first)} | "
+                 f"{ratio(_steady(first)):.2f}x | {ratio(first[:15]):.2f}x | {ratio(first):.2f}x | "
                  f"{f'{ratio(second):.2f}x' if second else '–'} |")
     return L
 

@@ -262,15 +262,16 @@ def _layer_gram(spec: LayerSpec, a: jax.Array, deltas: jax.Array, bias: bool,
     g = spec.groups
     d = deltas.reshape(outs, n, -1, g, deltas.shape[-1] // g)
     grad = lambda x, d: jnp.einsum("nsgc,onsgk->nogck", x.reshape(*x.shape[:2], g, -1), d)
+    offset_gram = lambda o: _gram_of_rows([flat(grad(shifted(a, o), d))])
     offsets = list(np.ndindex(*spec.kernel_size))
     if scan_offsets and len(offsets) > 1:
-        step = lambda gram, o: (gram + _gram_of_rows([flat(grad(shifted(a, o), d))]), None)
+        step = lambda gram, o: (gram + offset_gram(o), None)
         return lax.scan(step, gram, jnp.asarray(offsets, jnp.int32))[0]
     chunk = math.gcd(n, GRAM_CHUNK)
     offset_bytes = n * d.shape[2] * (a.shape[-1] + outs * deltas.shape[-1]) * d.dtype.itemsize
     if len(offsets) == 1 or chunk == n or offset_bytes < GRAM_CHUNK_BYTES:
         for o in offsets:
-            gram = gram + _gram_of_rows([flat(grad(shifted(a, o), d))])
+            gram = gram + offset_gram(o)
         return gram
 
     def chunk_grads(ad):  # (chunk, outs, offsets * g * C_in * C_out)
