@@ -92,6 +92,7 @@ KERNELS = ("matern52", "matern32", "rbf")
 _LOG_2PI = math.log(2.0 * math.pi)
 _JITTER_LADDER = (0.0,) + tuple(10.0 ** e for e in range(-10, 0))  # x mean prior variance
 _GRAD_TOL = 1e-9  # fit stops a start once every gradient component is below this
+_LML_TOL = 1e-9  # starts whose likelihoods differ by less (relative) count as tied
 
 
 class GPParams(NamedTuple):
@@ -449,8 +450,16 @@ def _fit(key, x, y, mask, bounds, alpha, log_lower, log_upper, *, kernel_id, res
         return v, -loss(v)
 
     v, lml = jax.vmap(run)(v0)
-    best = jnp.argmax(jnp.where(jnp.isnan(lml), -jnp.inf, lml))
-    return _condition(from_free(v[best]), x, y, bounds, alpha, kernel_id, mask)
+    return _condition(from_free(v[_first_best(lml)]), x, y, bounds, alpha, kernel_id, mask)
+
+
+def _first_best(lml):
+    """Index of the first start whose likelihood is within a relative ``_LML_TOL`` of the best
+    (NaN counts as -inf). On a flat likelihood (a lengthscale the data hardly constrain) several
+    starts tie up to rounding, and a plain argmax would let XLA's reduction order pick one."""
+    lml = jnp.where(jnp.isnan(lml), -jnp.inf, lml)
+    top = jnp.max(lml)
+    return jnp.argmax(lml >= top - _LML_TOL * (1.0 + jnp.abs(top)))
 
 
 def _padded_size(n: int) -> int:
@@ -470,8 +479,9 @@ def fit(key: jax.Array, x, y, bounds, *, kernel: str = "matern52", alpha=1e-6,
     (fewer once every gradient component is below 1e-9): the first from amplitude 1 and
     lengthscales 1 (clipped into the bounds), the others from points drawn with ``key``
     log-uniformly inside ``amplitude_bounds`` (signal variance of the standardised targets) and
-    ``lengthscale_bounds`` (on the unit box). The start with the largest likelihood is kept. The
-    likelihood can be multimodal with few points: more restarts find the best mode more often.
+    ``lengthscale_bounds`` (on the unit box). The start with the largest likelihood is kept (the
+    first of those within a relative 1e-9 of it, so that rounding does not choose between starts
+    on a flat likelihood). The likelihood can be multimodal with few points: more restarts find the best mode more often.
     (The data are padded to 8, 16, 32, ... points with inert points, which changes nothing, so
     that a growing data set recompiles only at powers of two.)
     """

@@ -147,6 +147,16 @@ def test_fit_reaches_sklearn_optimum():
                                rtol=1e-9)
 
 
+def test_fit_breaks_likelihood_ties_by_start_order():
+    """Starts whose likelihoods differ only by rounding (a flat likelihood) are tied: fit keeps
+    the first (amplitude 1, lengthscales 1), so the reduction order cannot pick the fit."""
+    with jax.enable_x64(True):
+        tied = np.array([-7.2153397827323, -7.2153397827322, -9.0, np.nan])
+        assert int(jnp.argmax(tied[:3])) == 1 and int(gp._first_best(tied)) == 0
+        assert int(gp._first_best(np.array([-7.2, -7.1, np.nan, -7.1]))) == 1
+        assert int(gp._first_best(np.array([np.nan, -3.0]))) == 1
+
+
 # ----------------------------------------------------------------------------- acquisitions
 
 def test_ei_and_ucb_against_monte_carlo():
