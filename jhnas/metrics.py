@@ -50,6 +50,7 @@ import optax
 
 from jhnas import ntk as ntk_lib
 from jhnas.net import Net, from_apply
+from jhnas.net import vjp as net_vjp
 
 
 class Metric(NamedTuple):
@@ -145,35 +146,27 @@ def _device_passes(net: Net, passes: frozenset[str], zico_splits: int):
 
     def run(params, x, y):
         out = {}
-        kernels, merge = ntk_lib.split_params(params, ntk_lib.param_mask(params, "kernels"))
+        mask = ntk_lib.param_mask(params, "kernels")
+        kernels, merge = ntk_lib.split_params(params, mask)
+        kernels_of = lambda tree: ntk_lib.split_params(tree, mask)[0]  # noqa: E731
         if passes & {"fisher", "ntk", "naswot"} and net.tapped is not None:
             # One tapped forward pass serves the loss gradient, Fisher, the NTK, jacob_cov and
             # NASWOT. Its backward passes go to the layers' output perturbations (and the input
             # for jacob_cov), not to the kernels: the kernel gradient follows from each layer's
             # input and output cotangent (ntk.layer_weight_grad), so the NTK's backward pass
-            # computes no weight gradients (a net of compiled blocks runs eagerly: nothing
-            # unused would be pruned).
+            # computes no weight gradients.
             specs, dy0 = net.layers(params, x)
             need_w = bool(passes & {"loss", "grasp"})
             # each kernel's module path, in the order of `kernels` (param_mask's "kernels" rule)
             paths = [p[:-1] for p in ntk_lib.leaf_paths(params) if p[-1] == "kernel"]
-            wrt = {"dy": dy0}
-            if need_w and not all(p in specs for p in paths):  # a kernel without taps
-                wrt["w"] = kernels
-            if "jacob" in passes:
-                wrt["x"] = x
-
-            def fwd(a):
-                p = merge(a["w"]) if "w" in a else params
-                logits, taps, relus = net.tapped(p, a.get("x", x), a["dy"])
-                return logits, (taps, relus)
-
-            logits, vjp, (taps, relus) = jax.vjp(fwd, wrt, has_aux=True)
+            # a kernel without taps needs the parameters' cotangent
+            wrt = ("dy", "params") if need_w and not all(p in specs for p in paths) else ("dy",)
+            logits, pull, (taps, relus) = net_vjp(net, params, x, dy0)
             n = logits.shape[0]
             if loss_pass:
-                g = vjp(jax.grad(cross_entropy)(logits, y))[0]
+                g = pull(jax.grad(cross_entropy)(logits, y), wrt)
                 if need_w:
-                    g_w = g["w"] if "w" in g else [
+                    g_w = kernels_of(g["params"]) if "params" in g else [
                         ntk_lib.layer_weight_grad(specs[p], taps.inputs[p], g["dy"][p])
                         for p in paths]
                     out.update(_grad_stats(kernels, g_w))
@@ -183,12 +176,12 @@ def _device_passes(net: Net, passes: frozenset[str], zico_splits: int):
             if "ntk" in passes:
                 ct = ntk_lib.output_cotangents(logits, y, "label")
                 if ct.shape[0] == 1:  # no vmap: reuse the backward blocks the loss pass compiled
-                    deltas = jax.tree.map(lambda d: d[None], vjp(ct[0])[0]["dy"])
+                    deltas = jax.tree.map(lambda d: d[None], pull(ct[0], ("dy",))["dy"])
                 else:
-                    deltas = jax.vmap(lambda c: vjp(c)[0]["dy"])(ct)
+                    deltas = jax.vmap(lambda c: pull(c, ("dy",))["dy"])(ct)
                 out["gram"] = ntk_lib.gram_from_taps(specs, taps.inputs, deltas)
             if "jacob" in passes:
-                out["jacob"] = vjp(jnp.ones_like(logits))[0]["x"]
+                out["jacob"] = pull(jnp.ones_like(logits), ("x",))["x"]
             if "naswot" in passes:
                 if not relus:
                     raise ValueError("naswot needs ReLU inputs: call jhnas.nn.relu(module, x) for "
@@ -196,15 +189,12 @@ def _device_passes(net: Net, passes: frozenset[str], zico_splits: int):
                 c = jnp.concatenate([(r > 0).reshape(n, -1).astype(jnp.float32) for r in relus], 1)
                 out["naswot_k"] = c @ c.T + (1 - c) @ (1 - c).T
         elif loss_pass or "jacob" in passes:
-            if "jacob" in passes:
-                logits, vjp = jax.vjp(lambda w, xx: net.apply(merge(w), xx), kernels, x)
-            else:  # no input gradient needed
-                logits, vjp = jax.vjp(lambda w: net.apply(merge(w), x), kernels)
+            logits, pull, _ = net_vjp(net, params, x)
             if loss_pass:
-                g_w = vjp(jax.grad(cross_entropy)(logits, y))[0]
+                g_w = kernels_of(pull(jax.grad(cross_entropy)(logits, y))["params"])
                 out.update(_grad_stats(kernels, g_w))
             if "jacob" in passes:
-                out["jacob"] = vjp(jnp.ones_like(logits))[1]
+                out["jacob"] = pull(jnp.ones_like(logits), ("x",))["x"]
         if "grasp" in passes:  # H g by forward-over-reverse, g from the loss pass
             _, hg = jax.jvp(lambda w: _loss_grad(net, merge, w, x, y), (kernels,), (list(g_w),))
             out["grasp"] = sum((-w * h).sum() for w, h in zip(kernels, hg))

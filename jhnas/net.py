@@ -78,6 +78,12 @@ class Net(NamedTuple):
       compiled: True for a network composed of jit-compiled blocks (:func:`from_blocks`); the
         metrics and NTK functions then run their glue eagerly instead of compiling the whole
         network again.
+      vjp: ``(params, x, dy=None) -> (logits, pullback, aux)``, a reverse pass of ``apply``
+        (``dy`` None, ``aux`` None) or of ``tapped`` (``aux = (Taps, relu_inputs)``);
+        ``pullback(ct, wrt=("params",))`` maps a cotangent of the logits to a dict of the
+        cotangents of ``"params"``, ``"x"`` and/or ``"dy"``. ``None``: use the generic one,
+        :func:`vjp` (``jax.vjp``); :func:`from_blocks` pulls back block by block through
+        compiled reverse passes, which computes only what ``wrt`` asks for.
     """
 
     apply: Callable[[Params, jax.Array], jax.Array]
@@ -86,6 +92,51 @@ class Net(NamedTuple):
     layers: Callable[..., tuple[dict[Path, LayerSpec], dict[Path, jax.Array]]] | None = None
     tapped: Callable[..., tuple[jax.Array, Taps, list[jax.Array]]] | None = None
     compiled: bool = False  # functions are already jit-compiled piecewise (:func:`from_blocks`)
+    vjp: Callable[..., tuple[jax.Array, Callable[..., dict], Any]] | None = None
+
+
+_WRT = ("params", "x", "dy")
+
+
+def _check_wrt(wrt, tapped: bool) -> tuple[bool, ...]:
+    """``wrt`` as flags over ("params", "x", "dy"), validated."""
+    bad = set(wrt) - set(_WRT if tapped else _WRT[:2])
+    if bad:
+        raise ValueError(f"wrt must name some of {_WRT if tapped else _WRT[:2]}, got {sorted(bad)}"
+                         + (" (a cotangent of dy needs the tapped pass: pass dy)"
+                            if "dy" in bad and not tapped else ""))
+    return tuple(name in wrt for name in (_WRT if tapped else _WRT[:2]))
+
+
+def vjp(net: Net, params: Params, x: jax.Array, dy: Mapping | None = None):
+    """``(logits, pullback, aux)``: the reverse pass of ``net.apply(params, x)`` or, with the
+    layers' output perturbations ``dy``, of ``net.tapped(params, x, dy)`` (then ``aux = (Taps,
+    relu_inputs)``, else None). ``pullback(ct, wrt=("params",))`` returns ``{name: cotangent}``
+    for the names in ``wrt`` among ``"params"``, ``"x"``, ``"dy"``.
+
+    Uses ``net.vjp`` where the net has one (:func:`from_blocks`), else ``jax.vjp`` (inside a
+    ``jit``, XLA drops the cotangents that are not asked for).
+    """
+    if net.vjp is not None:
+        return net.vjp(params, x, dy)
+    if dy is None:
+        logits, pull = jax.vjp(net.apply, params, x)
+        aux = None
+    else:
+        if net.tapped is None:
+            raise ValueError("a pass with dy needs a tappable net: build it with from_flax")
+
+        def f(p, h, d):
+            logits, taps, relus = net.tapped(p, h, d)
+            return logits, (taps, relus)
+
+        logits, pull, aux = jax.vjp(f, params, x, dy, has_aux=True)
+
+    def pullback(ct, wrt=("params",)):
+        keep = _check_wrt(wrt, dy is not None)
+        return {name: g for name, g, k in zip(_WRT, pull(ct), keep) if k}
+
+    return logits, pullback, aux
 
 
 def from_apply(apply: Callable[[Params, jax.Array], jax.Array]) -> Net:
@@ -224,8 +275,17 @@ class Block(NamedTuple):
     keys: tuple[str, ...] = ()
 
 
+class _BlockFns(NamedTuple):
+    apply: Callable
+    apply_nobn: Callable
+    tapped: Callable
+    layers: Callable  # (shape, dtype) -> (specs, dy ShapeDtypeStructs), cached
+    vjp: Callable  # (p, h) -> (out, pullback): pullback a jax.tree_util.Partial
+    tapped_vjp: Callable  # (p, h, dy) -> (out, pullback, (taps, relus))
+
+
 @functools.lru_cache(maxsize=None)
-def _compiled_block(module: nn.Module, bn: str):
+def _compiled_block(module: nn.Module, bn: str) -> _BlockFns:
     """The jit-compiled functions of one block (cached per module configuration and BN mode:
     equal modules share their compilations, which jit caches per input shape)."""
     net = from_flax(module, bn=bn)
@@ -236,7 +296,32 @@ def _compiled_block(module: nn.Module, bn: str):
         specs, dy0 = net.layers(jax.eval_shape(net.init, jax.random.key(0), x), x)
         return specs, {p: jax.ShapeDtypeStruct(v.shape, v.dtype) for p, v in dy0.items()}
 
-    return (jax.jit(net.apply), jax.jit(net.apply_nobn), jax.jit(net.tapped), layers)
+    def tapped_vjp(p, h, dy):
+        def f(p, h, dy):
+            out, taps, relus = net.tapped(p, h, dy)
+            return out, (taps, relus)
+        return jax.vjp(f, p, h, dy, has_aux=True)
+
+    # A jitted jax.vjp returns its pullback as a Partial whose static part is the same object
+    # on every call, so _pull compiles once per block configuration and shape.
+    return _BlockFns(jax.jit(net.apply), jax.jit(net.apply_nobn), jax.jit(net.tapped), layers,
+                     jax.jit(functools.partial(jax.vjp, net.apply)), jax.jit(tapped_vjp))
+
+
+@functools.partial(jax.jit, static_argnums=2)
+def _pull(pullback, ct, keep: tuple[bool, ...]):
+    """The input cotangents of one block's reverse pass that ``keep`` asks for (None for the
+    others, whose computation XLA then drops)."""
+    return tuple(g if k else None for g, k in zip(pullback(ct), keep))
+
+
+def _add_at(tree: dict, scope: Path, value: dict) -> None:
+    """Adds the block parameters' cotangent ``value`` into the nested dict ``tree`` at ``scope``
+    (``()``: top-level entries), summing with what is already there."""
+    for s in scope:
+        tree = tree.setdefault(s, {})
+    for k, v in value.items():
+        tree[k] = jax.tree.map(jax.numpy.add, tree[k], v) if k in tree else v
 
 
 # The parameters of the layers block_init knows, in the order Flax creates them, with the
@@ -346,36 +431,79 @@ def from_blocks(blocks: Sequence[Block],
         return nodes[blocks[-1].dst]
 
     def apply(params, x):
-        return run(x, lambda i, b, h: fns[i][0](sub(params, b), h))
+        return run(x, lambda i, b, h: fns[i].apply(sub(params, b), h))
 
     def apply_nobn(params, x):
-        return run(x, lambda i, b, h: fns[i][1](sub(params, b), h))
+        return run(x, lambda i, b, h: fns[i].apply_nobn(sub(params, b), h))
 
     def layers(params, x):
         specs, dy0 = {}, {}
 
         def call(i, b, h):
-            s, d = fns[i][3](tuple(h.shape), h.dtype)
+            s, d = fns[i].layers(tuple(h.shape), h.dtype)
             specs.update({b.scope + p: v for p, v in s.items()})
             dy0.update({b.scope + p: jax.numpy.zeros(v.shape, v.dtype) for p, v in d.items()})
-            return jax.eval_shape(fns[i][0], sub(params, b), h)
+            return jax.eval_shape(fns[i].apply, sub(params, b), h)
 
         run(jax.ShapeDtypeStruct(x.shape, x.dtype), call, add=lambda a, b: a)
         return specs, dy0
 
+    def block_dy(i, b, h, dy):
+        return {p: dy[b.scope + p] for p in fns[i].layers(tuple(h.shape), h.dtype)[0]}
+
+    def record(taps_out, b, taps, r):
+        xs, ys, relus = taps_out
+        xs.update({b.scope + p: v for p, v in taps.inputs.items()})
+        ys.update({b.scope + p: v for p, v in taps.outputs.items()})
+        relus.extend(r)
+
     def tapped(params, x, dy):
-        xs, ys, relus = {}, {}, []
+        taps_out = ({}, {}, [])
 
         def call(i, b, h):
-            s, _ = fns[i][3](tuple(h.shape), h.dtype)
-            out, taps, r = fns[i][2](sub(params, b), h, {p: dy[b.scope + p] for p in s})
-            xs.update({b.scope + p: v for p, v in taps.inputs.items()})
-            ys.update({b.scope + p: v for p, v in taps.outputs.items()})
-            relus.extend(r)
+            out, taps, r = fns[i].tapped(sub(params, b), h, block_dy(i, b, h, dy))
+            record(taps_out, b, taps, r)
             return out
 
         logits = run(x, call)
-        return logits, Taps(xs, ys), relus
+        return logits, Taps(*taps_out[:2]), taps_out[2]
+
+    def vjp(params, x, dy=None):
+        pulls, outs, taps_out = [], [], ({}, {}, [])
+
+        def call(i, b, h):
+            if dy is None:
+                out, pull = fns[i].vjp(sub(params, b), h)
+            else:
+                out, pull, (taps, r) = fns[i].tapped_vjp(sub(params, b), h, block_dy(i, b, h, dy))
+                record(taps_out, b, taps, r)
+            pulls.append(pull)
+            outs.append(jax.ShapeDtypeStruct(out.shape, out.dtype))
+            return out
+
+        logits = run(x, call)
+        aux = None if dy is None else (Taps(*taps_out[:2]), taps_out[2])
+
+        def pullback(ct, wrt=("params",)):
+            keep = _check_wrt(wrt, dy is not None)
+            cts, grads, d_dy = {blocks[-1].dst: ct}, {}, {}
+            for i in reversed(range(len(blocks))):
+                b = blocks[i]
+                # every reader of node b.dst comes after its writers: its cotangent is complete
+                c = cts.get(b.dst)
+                if c is None:  # a node nothing reads
+                    c = jax.numpy.zeros(outs[i].shape, outs[i].dtype)
+                g = _pull(pulls[i], c, (keep[0], keep[1] or b.src != 0) + keep[2:])
+                if keep[0]:
+                    _add_at(grads, b.scope, g[0])
+                if g[1] is not None:
+                    cts[b.src] = cts[b.src] + g[1] if b.src in cts else g[1]
+                if len(keep) > 2 and keep[2]:
+                    d_dy.update({b.scope + p: v for p, v in g[2].items()})
+            out = {"params": grads, "x": cts.get(0), "dy": d_dy}
+            return {name: out[name] for name, k in zip(_WRT, keep) if k}
+
+        return logits, pullback, aux
 
     return Net(apply=apply, init=init, apply_nobn=apply_nobn, layers=layers, tapped=tapped,
-               compiled=True)
+               compiled=True, vjp=vjp)

@@ -61,6 +61,7 @@ import numpy as np
 from jax import lax
 
 from jhnas.net import LayerSpec, Net, from_apply
+from jhnas.net import vjp as net_vjp
 from jhnas.nn import chunked_conv
 
 OUTPUTS = ("label", "sum", "all")
@@ -329,21 +330,10 @@ def _decomposition_gram(net: Net, params, x, y, *, output, which, scan_offsets=F
         raise ValueError("the decomposition covers Conv/Dense layers only: params='layers' or "
                          "'kernels'")
     specs, dy0 = net.layers(params, x)
-    logits, vjp, (taps, _) = tapped_vjp(net, params, x, dy0)
-    deltas = jax.vmap(lambda c: vjp(c)[0])(output_cotangents(logits, y, output))
+    logits, pull, (taps, _) = net_vjp(net, params, x, dy0)
+    deltas = jax.vmap(lambda c: pull(c, ("dy",))["dy"])(output_cotangents(logits, y, output))
     return gram_from_taps(specs, taps.inputs, deltas, biases=which == "layers",
                           scan_offsets=scan_offsets)
-
-
-def tapped_vjp(net: Net, params, x, dy0):
-    """One tapped forward pass: ``(logits, vjp, (taps, relu_inputs))``, where ``vjp`` maps a
-    cotangent of the logits to the output cotangents of every tapped layer."""
-    def f(dy):
-        logits, taps, relus = net.tapped(params, x, dy)
-        return logits, (taps, relus)
-
-    logits, vjp, aux = jax.vjp(f, dy0, has_aux=True)
-    return logits, vjp, aux
 
 
 def empirical_ntk_fn(f: Net | Callable, *, implementation: Implementation | str = "decomposition",

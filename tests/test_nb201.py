@@ -346,6 +346,30 @@ def test_blocks_equal_the_network_in_float64(arch, names, small_batch):
         np.testing.assert_allclose(mb[name], mn[name], rtol=1e-9, err_msg=name)
 
 
+def test_block_vjp_equals_jax_vjp_of_the_network(small_batch):
+    """from_blocks' reverse pass (compiled per block, only the asked-for cotangents) against
+    jax.vjp of the monolithic network: parameters, input and layer-output cotangents, and taps."""
+    from jhnas.net import vjp
+    with jax.enable_x64(True):
+        x = jnp.asarray(small_batch.x, jnp.float64)
+        nets = {mode: nb201.make_net(MIXED, compile=mode, C=4, N=1) for mode in ("blocks", "network")}
+        params = jax.tree.map(lambda a: a.astype(jnp.float64),
+                              nets["network"].init(jax.random.key(3), x[:1]))
+        dy0 = nets["network"].layers(params, x)[1]
+        ct = jax.random.normal(jax.random.key(4), (x.shape[0], 10), jnp.float64)
+        out = {}
+        for mode, net in nets.items():
+            logits, pull, aux = vjp(net, params, x)
+            assert aux is None
+            t_logits, t_pull, (taps, relus) = vjp(net, params, x, dy0)
+            out[mode] = (logits, pull(ct, ("params", "x")), t_logits, taps, len(relus),
+                         t_pull(ct, ("dy", "x", "params")), pull(ct))
+            assert set(out[mode][6]) == {"params"}
+            with pytest.raises(ValueError, match="pass dy"):
+                pull(ct, ("dy",))
+    chex.assert_trees_all_close(out["blocks"], out["network"], rtol=1e-10, atol=1e-12)
+
+
 @pytest.mark.parametrize("preset, use_bn, arch", [
     ("hnas", True, MIXED), ("nb201", True, MIXED), ("hnas", False, ALL_NONE),
     ("nb201", False, nb201.format_arch(["nor_conv_3x3"] * 6))])
@@ -371,10 +395,11 @@ def test_blocks_compile_nothing_for_new_architectures(small_batch):
         if event == BACKEND_COMPILE_EVENT:
             compiles.append(duration)
 
-    def score(arch):
+    def score(arch):  # the tapped pass (NTK, fisher) and the plain one (grad_norm)
         net = nb201.make_net(arch, C=4, N=1)
         params = net.init(jax.random.key(0), np.asarray(small_batch.x[:1]))
-        return metrics_fn(net, ["ntk_trace", "ntk_cond"])(params, small_batch)
+        return [metrics_fn(net, names)(params, small_batch)
+                for names in (["ntk_trace", "ntk_cond", "fisher"], ["grad_norm"])]
 
     # two warm-up archs that together use every op at every position
     warm = [nb201.format_arch(["nor_conv_3x3", "nor_conv_1x1", "avg_pool_3x3", "skip_connect",
