@@ -350,6 +350,7 @@ def test_block_vjp_equals_jax_vjp_of_the_network(small_batch):
     """from_blocks' reverse pass (compiled per block, only the asked-for cotangents) against
     jax.vjp of the monolithic network: parameters, input and layer-output cotangents, and taps."""
     from jhnas.net import vjp
+    from jhnas.ntk import empirical_ntk_fn
     with jax.enable_x64(True):
         x = jnp.asarray(small_batch.x, jnp.float64)
         nets = {mode: nb201.make_net(MIXED, compile=mode, C=4, N=1) for mode in ("blocks", "network")}
@@ -362,8 +363,10 @@ def test_block_vjp_equals_jax_vjp_of_the_network(small_batch):
             logits, pull, aux = vjp(net, params, x)
             assert aux is None
             t_logits, t_pull, (taps, relus) = vjp(net, params, x, dy0)
+            # vmap over the pullback: the decomposition NTK of all 10 outputs
+            gram = empirical_ntk_fn(net, output="all")(params, x[:4])
             out[mode] = (logits, pull(ct, ("params", "x")), t_logits, taps, len(relus),
-                         t_pull(ct, ("dy", "x", "params")), pull(ct))
+                         t_pull(ct, ("dy", "x", "params")), pull(ct), gram)
             assert set(out[mode][6]) == {"params"}
             with pytest.raises(ValueError, match="pass dy"):
                 pull(ct, ("dy",))
