@@ -481,7 +481,8 @@ def fit(key: jax.Array, x, y, bounds, *, kernel: str = "matern52", alpha=1e-6,
     log-uniformly inside ``amplitude_bounds`` (signal variance of the standardised targets) and
     ``lengthscale_bounds`` (on the unit box). The start with the largest likelihood is kept (the
     first of those within a relative 1e-9 of it, so that rounding does not choose between starts
-    on a flat likelihood). The likelihood can be multimodal with few points: more restarts find the best mode more often.
+    on a flat likelihood). The likelihood can be multimodal with few points: more restarts find
+    the best mode more often.
     (The data are padded to 8, 16, 32, ... points with inert points, which changes nothing, so
     that a growing data set recompiles only at powers of two.)
     """

@@ -108,6 +108,15 @@ def _check_wrt(wrt, tapped: bool) -> tuple[bool, ...]:
     return tuple(name in wrt for name in (_WRT if tapped else _WRT[:2]))
 
 
+def _tapped_vjp(tapped, params, x, dy):
+    """``jax.vjp`` of ``tapped`` in (params, x, dy), with ``(taps, relu_inputs)`` as aux."""
+    def f(p, h, d):
+        out, taps, relus = tapped(p, h, d)
+        return out, (taps, relus)
+
+    return jax.vjp(f, params, x, dy, has_aux=True)
+
+
 def vjp(net: Net, params: Params, x: jax.Array, dy: Mapping | None = None):
     """``(logits, pullback, aux)``: the reverse pass of ``net.apply(params, x)`` or, with the
     layers' output perturbations ``dy``, of ``net.tapped(params, x, dy)`` (then ``aux = (Taps,
@@ -125,12 +134,7 @@ def vjp(net: Net, params: Params, x: jax.Array, dy: Mapping | None = None):
     else:
         if net.tapped is None:
             raise ValueError("a pass with dy needs a tappable net: build it with from_flax")
-
-        def f(p, h, d):
-            logits, taps, relus = net.tapped(p, h, d)
-            return logits, (taps, relus)
-
-        logits, pull, aux = jax.vjp(f, params, x, dy, has_aux=True)
+        logits, pull, aux = _tapped_vjp(net.tapped, params, x, dy)
 
     def pullback(ct, wrt=("params",)):
         keep = _check_wrt(wrt, dy is not None)
@@ -296,16 +300,11 @@ def _compiled_block(module: nn.Module, bn: str) -> _BlockFns:
         specs, dy0 = net.layers(jax.eval_shape(net.init, jax.random.key(0), x), x)
         return specs, {p: jax.ShapeDtypeStruct(v.shape, v.dtype) for p, v in dy0.items()}
 
-    def tapped_vjp(p, h, dy):
-        def f(p, h, dy):
-            out, taps, relus = net.tapped(p, h, dy)
-            return out, (taps, relus)
-        return jax.vjp(f, p, h, dy, has_aux=True)
-
     # A jitted jax.vjp returns its pullback as a Partial whose static part is the same object
     # on every call, so _pull compiles once per block configuration and shape.
     return _BlockFns(jax.jit(net.apply), jax.jit(net.apply_nobn), jax.jit(net.tapped), layers,
-                     jax.jit(functools.partial(jax.vjp, net.apply)), jax.jit(tapped_vjp))
+                     jax.jit(functools.partial(jax.vjp, net.apply)),
+                     jax.jit(functools.partial(_tapped_vjp, net.tapped)))
 
 
 @functools.partial(jax.jit, static_argnums=2)
