@@ -101,6 +101,10 @@ def cross_entropy(logits: jax.Array, y: jax.Array) -> jax.Array:
     return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
 
 
+#: dL/dlogits, jitted: the glue of a net of compiled blocks runs eagerly.
+_loss_cotangent = jax.jit(jax.grad(cross_entropy))
+
+
 def _loss_grad(net: Net, merge, kernels, x, y):
     """dL/dW for the Conv/Dense kernels (a list aligned with ``kernels``)."""
     return jax.grad(lambda w: cross_entropy(net.apply(merge(w), x), y))(kernels)
@@ -123,15 +127,17 @@ def _fan_in(spec, x: jax.Array) -> int:
 
 
 @jax.jit
-def _grad_stats_layer(w: jax.Array, g: jax.Array) -> jax.Array:
-    """(||g||_F, sum |w * g|) of one layer."""
-    return jnp.stack([jnp.sqrt((g ** 2).sum()), jnp.abs(w * g).sum()])
+def _grad_stats_layer(total: jax.Array, w: jax.Array, g: jax.Array) -> jax.Array:
+    """``total`` + (||g||_F, sum |w * g|) of one layer."""
+    return total + jnp.stack([jnp.sqrt((g ** 2).sum()), jnp.abs(w * g).sum()])
 
 
 def _grad_stats(kernels, grads):
     # One jitted call per layer (not per array operation): a net of compiled blocks runs this
     # glue eagerly, and the jitted layer function is shared by every layer of the same shape.
-    s = sum(_grad_stats_layer(w, g) for w, g in zip(kernels, grads))
+    s = np.zeros(2, jnp.result_type(*grads))
+    for w, g in zip(kernels, grads):
+        s = _grad_stats_layer(s, w, g)
     return {"grad_norm": s[0], "snip": s[1]}
 
 
@@ -164,7 +170,7 @@ def _device_passes(net: Net, passes: frozenset[str], zico_splits: int):
             logits, pull, (taps, relus) = net_vjp(net, params, x, dy0)
             n = logits.shape[0]
             if loss_pass:
-                g = pull(jax.grad(cross_entropy)(logits, y), wrt)
+                g = pull(_loss_cotangent(logits, y), wrt)
                 if need_w:
                     g_w = kernels_of(g["params"]) if "params" in g else [
                         ntk_lib.layer_weight_grad(specs[p], taps.inputs[p], g["dy"][p])
@@ -191,7 +197,7 @@ def _device_passes(net: Net, passes: frozenset[str], zico_splits: int):
         elif loss_pass or "jacob" in passes:
             logits, pull, _ = net_vjp(net, params, x)
             if loss_pass:
-                g_w = kernels_of(pull(jax.grad(cross_entropy)(logits, y))["params"])
+                g_w = kernels_of(pull(_loss_cotangent(logits, y))["params"])
                 out.update(_grad_stats(kernels, g_w))
             if "jacob" in passes:
                 out["jacob"] = pull(jnp.ones_like(logits), ("x",))["x"]

@@ -67,16 +67,22 @@ def _uniform(key, shape, dtype, minval, maxval, scale=1) -> jax.Array:
     shape = tuple(shape)
     if isinstance(key, jax.core.Tracer) or not _prefix_stable(key):
         return jax.random.uniform(key, shape, dtype, minval, maxval) * scale
-    flat = jax.random.uniform(key, (_draw_size(math.prod(shape)),), dtype, minval, maxval)
+    flat = _flat_uniform(key, _draw_size(math.prod(shape)), dtype, minval, maxval)
     return _head(flat, shape, scale)
+
+
+@functools.partial(jax.jit, static_argnums=(1, 2))
+def _flat_uniform(key, size: int, dtype, minval, maxval) -> jax.Array:
+    # jax.random.uniform's own argument checks cost more than the draw of a small layer
+    return jax.random.uniform(key, (size,), dtype, minval, maxval)
 
 
 def torch_kernel_init(key, shape, dtype=jnp.float32):
     """PyTorch's ``kaiming_uniform_(w, a=sqrt(5))``: U(-1/sqrt(fan_in), 1/sqrt(fan_in)), fan_in
     the product of all but the last (output) axis; the values of
     ``nn.initializers.variance_scaling(1/3, "fan_in", "uniform")``."""
-    variance = jnp.array(1.0 / 3.0 / math.prod(shape[:-1]), dtype=dtype)
-    return _uniform(key, shape, dtype, -1, 1, scale=jnp.sqrt(3 * variance))
+    variance = np.asarray(1.0 / 3.0 / math.prod(shape[:-1]), dtype=dtype)
+    return _uniform(key, shape, dtype, -1, 1, scale=np.sqrt(np.asarray(3, dtype) * variance))
 
 
 def torch_bias_init(fan_in: int):

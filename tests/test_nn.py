@@ -103,4 +103,4 @@ def test_eager_inits_compile_one_random_program_per_draw_size():
             jnn.torch_kernel_init(jax.random.key(i), shape, jnp.float16)
     finally:
         jax.monitoring.unregister_event_duration_listener(listener)
-    assert names.count("jit(_uniform)") == 1
+    assert names.count("jit(_flat_uniform)") == 1
