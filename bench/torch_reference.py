@@ -745,13 +745,29 @@ def pool_summary(res: dict) -> list[str]:
 
     L = ["", "## Pools, summary (torch / jhnas seconds: above 1, jhnas faster)", "",
          "| metrics | archs | steady state | amortised over 15, cold | amortised over all, "
-         "cold | amortised over all, cache loaded |", "|---|---|---|---|---|---|"]
+         "cold | amortised over all, cache loaded | cold: jhnas ahead from |",
+         "|---|---|---|---|---|---|---|"]
     for k in keys:
         first, second = res[k]["first"]["rows"], res[k].get("second", {}).get("rows")
+        ahead = break_even(first)
         L.append(f"| {' + '.join(res[k]['first']['metrics'])} | {len(first)} | "
                  f"{ratio(_steady(first)):.2f}x | {ratio(first[:15]):.2f}x | {ratio(first):.2f}x | "
-                 f"{f'{ratio(second):.2f}x' if second else '–'} |")
+                 f"{f'{ratio(second):.2f}x' if second else '–'} | "
+                 f"{f'{ahead} archs' if ahead else 'not within the pool'} |")
+    L += ["", "jhnas ahead from k: from the k-th architecture of the cold run on, jhnas's total "
+          "seconds (compilation included) stay below torch's."]
     return L
+
+
+def break_even(rows: list[dict]) -> int | None:
+    """The first k from which jhnas's cumulative seconds stay at or below torch's (None if they
+    end above)."""
+    t = j = 0.0
+    ahead = None
+    for k, r in enumerate(rows, 1):
+        t, j = t + r["torch_s"], j + r["jax_s"]
+        ahead = (ahead or k) if j <= t else None
+    return ahead
 
 
 # ----------------------------------------------------------------------------- XLA:CPU settings

@@ -386,7 +386,7 @@ def _fold_in_all(key: jax.Array, data: jax.Array) -> jax.Array:
 
 #: block_init derives the keys of a network's parameters in one call, padded to a multiple of
 #: this many (a few compilations for a whole search space).
-KEY_BUCKET = 64
+KEY_BUCKET = 256
 
 
 def block_init(blocks: Sequence[Block]) -> Callable[[jax.Array, jax.Array], Params]:
@@ -398,8 +398,9 @@ def block_init(blocks: Sequence[Block]) -> Callable[[jax.Array, jax.Array], Para
     initialiser. Here the paths come from each block's cached ``jax.eval_shape``, the keys are
     derived the same way (all in one call), and nothing else runs: no forward pass and none of
     the Python cost of Flax's module machinery, which dominates an NB201 init on CPU
-    (``jax.eval_shape`` of the module's init costs as much as running it). Supports blocks made of ``nn.Conv``,
-    ``nn.Dense`` and ``nn.BatchNorm`` (others raise ``NotImplementedError`` on the first call).
+    (``jax.eval_shape`` of the module's init costs as much as running it). Supports blocks made
+    of ``nn.Conv``, ``nn.Dense`` and ``nn.BatchNorm`` (others raise ``NotImplementedError`` on
+    the first call).
     """
     blocks = tuple(blocks)
 
@@ -412,9 +413,17 @@ def block_init(blocks: Sequence[Block]) -> Callable[[jax.Array, jax.Array], Para
             params += [(b.scope + path, counter, fn, leaf) for path, counter, fn, leaf in specs]
         data = np.zeros(-(-len(params) // KEY_BUCKET) * KEY_BUCKET, np.uint32)
         data[:len(params)] = [_path_hash(path[:-1] + (counter,)) for path, counter, _, _ in params]
+        # rows of key data, wrapped one by one: iterating over a key array would compile an
+        # unstack program per bucket (about 1 s each)
         keys = _fold_in_all(key, data)
+        if jax.dtypes.issubdtype(key.dtype, jax.dtypes.prng_key):
+            keys = jax.random.key_data(keys)
+            wrap = functools.partial(jax.random.wrap_key_data, impl=jax.random.key_impl(key))
+        else:
+            wrap = jax.numpy.asarray
+        rows = np.asarray(keys)
         return traverse_util.unflatten_dict({
-            path: fn(k, leaf.shape, leaf.dtype) for (path, _, fn, leaf), k in zip(params, keys)})
+            path: fn(wrap(k), leaf.shape, leaf.dtype) for (path, _, fn, leaf), k in zip(params, rows)})
 
     return init
 
