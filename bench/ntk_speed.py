@@ -2,6 +2,8 @@
 
   taskset -c 1 python bench/ntk_speed.py            # one core; writes results/ntk_speed.{md,json}
   python bench/ntk_speed.py --archs 20 --quick      # a smoke run
+  taskset -c 1 python bench/ntk_speed.py --archs 0 --out bench/results/ntk_speed_fresh
+                                                    # part 1 alone, in a fresh process
 
 Protocol: NB201 network, 5 cells per stage, C = 16, preset "hnas", PyTorch-default init, the first
 64 embedded CIFAR-10 training images (batch 64), float32; NTK = Gram of the true-label logit over
@@ -123,7 +125,7 @@ def many_archs(batch, n: int) -> dict:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--archs", type=int, default=200)
+    p.add_argument("--archs", type=int, default=200, help="part 2's architectures (0: skip it)")
     p.add_argument("--reps", type=int, default=9)
     p.add_argument("--quick", action="store_true", help="skip the static-network part")
     p.add_argument("--out", default=str(RESULTS / "ntk_speed"))
@@ -131,7 +133,8 @@ def main() -> None:
     batch = data.default_batch(64)
     res = {"jax": jax.__version__, "machine": platform.processor() or platform.machine(),
            "batch": 64, "cells": 5, "C": 16, "preset": "hnas", "static_arch": STATIC}
-    res["blocks"] = many_archs(batch, args.archs)  # first: it counts every block compilation
+    if args.archs:
+        res["blocks"] = many_archs(batch, args.archs)  # first: it counts every block compilation
     if not args.quick:
         res["static"] = static_network(batch, args.reps)
     Path(args.out + ".json").write_text(json.dumps(res, indent=1))
@@ -158,6 +161,8 @@ def report(res: dict) -> str:
                   "`make_net(..., compile=\"blocks\")` (jit-compiled blocks, glue run eagerly; "
                   "the default of `make_net` and `jhnas score`), divided by the same whole-network "
                   "`jit(grad)`.", ""]
+    if "blocks" not in res:
+        return "\n".join(lines) + "\n"
     b = res["blocks"]
     lines += [f"## {b['archs']} random architectures, compiled blocks (init + M + kappa)", "",
               "| steady s/arch | amortised s/arch | amortised / steady | compiles | compile s | "
