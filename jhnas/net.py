@@ -413,15 +413,15 @@ def block_init(blocks: Sequence[Block]) -> Callable[[jax.Array, jax.Array], Para
             params += [(b.scope + path, counter, fn, leaf) for path, counter, fn, leaf in specs]
         data = np.zeros(-(-len(params) // KEY_BUCKET) * KEY_BUCKET, np.uint32)
         data[:len(params)] = [_path_hash(path[:-1] + (counter,)) for path, counter, _, _ in params]
-        # rows of key data, wrapped one by one: iterating over a key array would compile an
-        # unstack program per bucket (about 1 s each)
         keys = _fold_in_all(key, data)
-        if jax.dtypes.issubdtype(key.dtype, jax.dtypes.prng_key):
-            keys = jax.random.key_data(keys)
-            wrap = functools.partial(jax.random.wrap_key_data, impl=jax.random.key_impl(key))
-        else:
-            wrap = jax.numpy.asarray
-        rows = np.asarray(keys)
+        if isinstance(keys, jax.core.Tracer):  # under jit / vmap: slices of the traced keys
+            rows, wrap = keys, lambda k: k
+        else:  # eagerly, iterating over a key array would compile an unstack program per
+            # bucket (about 1 s each): the key data comes to the host once, wrapped per row
+            typed = jax.dtypes.issubdtype(key.dtype, jax.dtypes.prng_key)
+            rows = np.asarray(jax.random.key_data(keys) if typed else keys)
+            wrap = (functools.partial(jax.random.wrap_key_data, impl=jax.random.key_impl(key))
+                    if typed else jax.numpy.asarray)
         return traverse_util.unflatten_dict({
             path: fn(wrap(k), leaf.shape, leaf.dtype) for (path, _, fn, leaf), k in zip(params, rows)})
 

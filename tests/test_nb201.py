@@ -383,8 +383,13 @@ def test_block_init_equals_the_flax_init(preset, use_bn, arch):
     kw = dict(num_classes=7, C=4, N=2, preset=preset, use_bn=use_bn)
     for seed in (0, 5):
         key = jax.random.key(seed)
-        chex.assert_trees_all_equal(nb201.make_net(arch, **kw).init(key, x),
-                                    nb201.init_params(nb201.NB201Net(arch, **kw), key, x))
+        want = nb201.init_params(nb201.NB201Net(arch, **kw), key, x)
+        init = nb201.make_net(arch, **kw).init
+        chex.assert_trees_all_equal(init(key, x), want)
+        chex.assert_trees_all_equal(jax.jit(init)(key, x), want)  # traced keys
+    raw = jax.random.PRNGKey(3)  # legacy uint32 keys
+    chex.assert_trees_all_equal(nb201.make_net(arch, **kw).init(raw, x),
+                                nb201.init_params(nb201.NB201Net(arch, **kw), raw, x))
 
 
 def test_blocks_compile_nothing_for_new_architectures(small_batch):
