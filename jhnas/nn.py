@@ -28,8 +28,9 @@ from jax.custom_derivatives import SymbolicZero
 
 RELU_INPUTS = "relu_inputs"
 
-#: Eager draws of :func:`_uniform` are made in sizes _DRAW_MIN * _DRAW_STEP**k.
-_DRAW_MIN, _DRAW_STEP = 256, 4
+#: Eager draws of :func:`_uniform` are made in sizes _DRAW_MIN * _DRAW_STEP**k (a draw of 4096
+#: values costs what one of 256 does, about 50 us on CPU, and each size is a compilation).
+_DRAW_MIN, _DRAW_STEP = 4096, 4
 
 
 def _draw_size(n: int) -> int:
@@ -50,25 +51,23 @@ def _prefix_stable(key: jax.Array) -> bool:
     return "threefry" in str(impl)
 
 
-@functools.partial(jax.jit, static_argnums=1)
-def _head(flat: jax.Array, shape: tuple[int, ...], scale) -> jax.Array:
-    return flat[:math.prod(shape)].reshape(shape) * scale
-
-
 def _uniform(key, shape, dtype, minval, maxval, scale=1) -> jax.Array:
     """``jax.random.uniform(key, shape, dtype, minval, maxval) * scale``, the same values.
 
     Run eagerly, ``jax.random.uniform`` compiles one program per shape, about 0.5 s each on CPU:
     most of a network's first initialisation (:func:`jhnas.net.block_init`). Here an eager draw
-    is the first ``prod(shape)`` values of a flat draw of size 256 * 4**k, so a whole search
-    space compiles a few random programs (and one small slicing program per shape). Under a
-    trace, or where the prefix property fails (:func:`_prefix_stable`), it is the plain draw.
+    is the first ``prod(shape)`` values of a flat draw of size 4096 * 4**k, sliced, reshaped and
+    scaled in NumPy (the same float32 product), so a whole search space compiles a few random
+    programs. Under a trace, or where the prefix property fails (:func:`_prefix_stable`), it is
+    the plain draw.
     """
     shape = tuple(shape)
     if isinstance(key, jax.core.Tracer) or not _prefix_stable(key):
         return jax.random.uniform(key, shape, dtype, minval, maxval) * scale
-    flat = _flat_uniform(key, _draw_size(math.prod(shape)), dtype, minval, maxval)
-    return _head(flat, shape, scale)
+    n = math.prod(shape)
+    flat = np.asarray(_flat_uniform(key, _draw_size(n), dtype, minval, maxval))
+    # device_put, unlike jnp.asarray, compiles nothing per shape
+    return jax.device_put(flat[:n].reshape(shape) * np.asarray(scale, flat.dtype))
 
 
 @functools.partial(jax.jit, static_argnums=(1, 2))
@@ -82,7 +81,7 @@ def torch_kernel_init(key, shape, dtype=jnp.float32):
     the product of all but the last (output) axis; the values of
     ``nn.initializers.variance_scaling(1/3, "fan_in", "uniform")``."""
     variance = np.asarray(1.0 / 3.0 / math.prod(shape[:-1]), dtype=dtype)
-    return _uniform(key, shape, dtype, -1, 1, scale=np.sqrt(np.asarray(3, dtype) * variance))
+    return _uniform(key, shape, dtype, -1.0, 1.0, scale=np.sqrt(np.asarray(3, dtype) * variance))
 
 
 def torch_bias_init(fan_in: int):
@@ -97,9 +96,13 @@ def torch_bias_init(fan_in: int):
 
 #: Samples per chunk of :func:`chunked_conv`'s weight gradient.
 CONV_CHUNK = 8
+#: Inputs with at most this many positions per sample keep XLA's weight gradient by default:
+#: on NB201's 8x8 stage chunks are no faster (bench/results/xla_conv_grad.md), and the chunked
+#: programs take longer to compile (about 1 s less over NB201's blocks, same run time).
+UNCHUNKED_POSITIONS = 64
 
 
-def chunked_conv(lhs, rhs, window_strides, padding, *, dimension_numbers=None, chunk=CONV_CHUNK,
+def chunked_conv(lhs, rhs, window_strides, padding, *, dimension_numbers=None, chunk=None,
                  **kwargs):
     r"""``lax.conv_general_dilated`` (same arguments) with the weight gradient computed in chunks.
 
@@ -109,12 +112,16 @@ def chunked_conv(lhs, rhs, window_strides, padding, *, dimension_numbers=None, c
     written as the concatenation of the convolutions of ``chunk``-sample slices of the batch, so
     its transpose (the weight gradient) is a sum of small convolutions; forward, input gradient,
     ``jvp`` and higher derivatives are unchanged, and the values equal ``lax``'s up to the
-    summation order.
+    summation order. ``chunk=None``: :data:`CONV_CHUNK`, or no chunks for inputs of at most
+    :data:`UNCHUNKED_POSITIONS` positions per sample.
     """
     conv = functools.partial(lax.conv_general_dilated, window_strides=window_strides,
                              padding=padding, dimension_numbers=dimension_numbers, **kwargs)
     dn = lax.conv_dimension_numbers(lhs.shape, rhs.shape, dimension_numbers)
     n = lhs.shape[0]
+    if chunk is None:
+        positions = math.prod(lhs.shape[i] for i in dn.lhs_spec[2:])
+        chunk = n if positions <= UNCHUNKED_POSITIONS else CONV_CHUNK
     if dn.lhs_spec[0] != 0 or dn.out_spec[0] != 0 or n <= chunk:
         return conv(lhs, rhs)
 

@@ -80,7 +80,7 @@ def test_torch_inits_equal_the_plain_draws(partitionable):
     bias = jnn.torch_bias_init(27)
     traced = jax.jit(jnn.torch_kernel_init, static_argnums=1)
     with jax.threefry_partitionable(partitionable):
-        for i, shape in enumerate([(3, 3, 3, 16), (1, 1, 16, 16), (5, 7, 9)]):
+        for i, shape in enumerate([(3, 3, 3, 16), (1, 1, 16, 16), (5, 7, 9), (3, 3, 32, 64)]):
             key = jax.random.fold_in(jax.random.key(7), i)
             want = ref(key, shape)
             assert jnn.torch_kernel_init(key, shape).shape == shape
@@ -98,7 +98,7 @@ def test_eager_inits_compile_one_random_program_per_draw_size():
             names.append(kw.get("fun_name"))
 
     jax.monitoring.register_event_duration_secs_listener(listener)
-    try:  # 36 to 256 values: one draw size; dtype float16 keeps earlier tests' caches out
+    try:  # 36 to 256 values: one draw size (4096); dtype float16 keeps earlier tests' caches out
         for i, shape in enumerate([(3, 3, 2, 2), (4, 4, 4, 3), (5, 5, 5), (64, 4), (37,)]):
             jnn.torch_kernel_init(jax.random.key(i), shape, jnp.float16)
     finally:
