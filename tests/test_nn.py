@@ -53,6 +53,16 @@ def test_chunked_conv_equals_lax_in_float64(name):
         np.testing.assert_allclose(per(ours)(x), per(ref)(x), rtol=1e-10, atol=1e-12)
 
 
+@pytest.mark.parametrize("size,convs", [(8, 2), (9, 1 + 16 // jnn.CONV_CHUNK)])
+def test_chunked_conv_default_chunks_inputs_above_unchunked_positions(size, convs):
+    """The kernel gradient by default: one convolution for inputs of at most
+    UNCHUNKED_POSITIONS = 8 x 8 positions per sample, one per chunk of CONV_CHUNK above."""
+    assert jnn.UNCHUNKED_POSITIONS == 64
+    x, w = jnp.ones((16, size, size, 2)), jnp.ones((3, 3, 2, 2))
+    loss = lambda w: jnn.chunked_conv(x, w, (1, 1), "SAME", dimension_numbers=DN).sum()
+    assert str(jax.make_jaxpr(jax.grad(loss))(w)).count("conv_general_dilated") == convs
+
+
 def test_chunked_conv_is_the_conv_of_jnn_Conv():
     conv = jnn.Conv(3, 5, 3, padding=1)
     assert conv.conv_general_dilated is jnn.chunked_conv
