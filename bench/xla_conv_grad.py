@@ -217,9 +217,8 @@ def main() -> None:
               f"| jhnas.nn.chunked_conv (the default: {CONV_CHUNK} samples, none at 8x8) | "
               f"{network['compile_s_default']:.1f} | {network['run_s_default']:.2f} |", "",
               f"Speed-up of the default {network['run_s_plain'] / network['run_s_default']:.2f}x; "
-              f"gradients "
-              f"agree to {network['rel_err']:.1e} (max relative difference). Architecture "
-              f"`{network['arch']}`.", ""]
+              f"gradients agree to {network['rel_err']:.1e} (max relative difference). "
+              f"Architecture `{network['arch']}`.", ""]
     (RESULTS / "xla_conv_grad.md").write_text("\n".join(lines))
     print("\n".join(lines))
 

@@ -421,7 +421,7 @@ def block_init(blocks: Sequence[Block]) -> Callable[[jax.Array, jax.Array], Para
             typed = jax.dtypes.issubdtype(key.dtype, jax.dtypes.prng_key)
             rows = np.asarray(jax.random.key_data(keys) if typed else keys)
             wrap = (functools.partial(jax.random.wrap_key_data, impl=jax.random.key_impl(key))
-                    if typed else jax.numpy.asarray)
+                    if typed else jax.device_put)
         return traverse_util.unflatten_dict({
             path: fn(wrap(k), leaf.shape, leaf.dtype) for (path, _, fn, leaf), k in zip(params, rows)})
 
