@@ -222,10 +222,11 @@ def gram_from_taps(specs, inputs, deltas, *, biases: bool = True,
     return gram
 
 
-#: Samples per chunk of :func:`_layer_gram` on large convolution layers.
+#: Samples per step of :func:`_layer_gram`'s loops over the batch.
 GRAM_CHUNK = 2
-#: Size of one kernel offset's operands (shifted input and cotangents of the whole batch) above
-#: which :func:`_layer_gram` works through the batch in chunks of :data:`GRAM_CHUNK` samples.
+#: Grouped convolutions: size of one kernel offset's operands (shifted input and cotangents of
+#: the whole batch) above which :func:`_layer_gram` works through the batch in chunks of
+#: :data:`GRAM_CHUNK` samples.
 GRAM_CHUNK_BYTES = 3 * 2**20
 
 
@@ -234,21 +235,22 @@ def _layer_gram(spec: LayerSpec, a: jax.Array, deltas: jax.Array, bias: bool,
                 scan_offsets: bool = False) -> jax.Array:
     """One layer's Gram of per-sample gradients, (N * outs, N * outs), sample-major rows.
 
-    jitted per layer: one compilation per layer shape, shared by every network that has it.
-    Convolutions take the per-sample gradient one kernel offset at a time (the input shifted by
-    that offset against the output cotangent): the same numbers as
-    :func:`per_sample_layer_grads` without building the window-times larger patch tensor (3-5x
-    faster for 3x3 kernels on CPU). When one offset's operands exceed
-    :data:`GRAM_CHUNK_BYTES` (NB201's 32x32 and 16x16 stages at batch 64), each offset would
-    read them again from main memory; there the batch is worked through in chunks of
-    :data:`GRAM_CHUNK` samples (``lax.map``), every offset of a chunk while it is in cache.
-    Same numbers up to float32 summation order.
+    jitted per layer: one compilation per layer shape, shared by every network that has it. The
+    same numbers as :func:`per_sample_layer_grads` (up to float32 summation order), without
+    building the window-times larger patch tensor:
 
-    ``scan_offsets=True`` loops over the offsets of the whole batch with ``lax.scan`` instead
-    (same numbers up to summation order); inside one jit-compiled network XLA can then no longer
-    hoist the shifted copies of any layer input into the forward pass and keep them alive
-    through the backward pass: the NB201 NTK at batch 256 needs 2.1 GB of XLA temporaries
-    instead of 2.9 GB (``bench/results/parallel.md``).
+    * an ungrouped convolution with a window of more than one position takes each sample's
+      kernel gradient as the weight-gradient convolution of that sample alone
+      (:func:`_conv_rows`), :data:`GRAM_CHUNK` samples per step of a loop over the batch;
+    * a grouped or 1x1 convolution takes the per-sample gradient one kernel offset at a time
+      (the input shifted by that offset against the output cotangent), over the whole batch, or
+      in chunks of :data:`GRAM_CHUNK` samples (``lax.map``) where one offset's operands exceed
+      :data:`GRAM_CHUNK_BYTES`, so that every offset of a chunk finds it in cache.
+
+    ``scan_offsets=True`` takes every convolution offset by offset over the whole batch, in a
+    ``lax.scan``: inside one jit-compiled network XLA can then no longer hoist the shifted
+    copies of any layer input into the forward pass and keep them alive through the backward
+    pass (``bench/results/parallel.md``).
     """
     n, outs = a.shape[0], deltas.shape[0]
     flat = lambda r: r.reshape(n * outs, -1)  # (n, outs, ...) -> sample-major rows
@@ -259,15 +261,17 @@ def _layer_gram(spec: LayerSpec, a: jax.Array, deltas: jax.Array, bias: bool,
     if spec.kind == "dense" or any(d != 1 for d in spec.input_dilation):
         kern, _ = jax.vmap(lambda d: per_sample_layer_grads(spec, a, d))(deltas)
         return gram + _gram_of_rows([flat(jnp.swapaxes(kern, 0, 1))])
+    offsets = list(np.ndindex(*spec.kernel_size))
+    if spec.groups == 1 and len(offsets) > 1 and not scan_offsets:
+        return gram + _gram_of_rows([_conv_rows(spec, a, deltas)])
     a, shifted = _shifts(spec, a, deltas.shape[2:-1])
     g = spec.groups
     d = deltas.reshape(outs, n, -1, g, deltas.shape[-1] // g)
     grad = lambda x, d: jnp.einsum("nsgc,onsgk->nogck", x.reshape(*x.shape[:2], g, -1), d)
     offset_gram = lambda o: _gram_of_rows([flat(grad(shifted(a, o), d))])
-    offsets = list(np.ndindex(*spec.kernel_size))
     if scan_offsets and len(offsets) > 1:
         step = lambda gram, o: (gram + offset_gram(o), None)
-        return lax.scan(step, gram, jnp.asarray(offsets, jnp.int32))[0]
+        return lax.scan(step, gram, jnp.asarray(offsets))[0]
     chunk = math.gcd(n, GRAM_CHUNK)
     offset_bytes = n * d.shape[2] * (a.shape[-1] + outs * deltas.shape[-1]) * d.dtype.itemsize
     if len(offsets) == 1 or chunk == n or offset_bytes < GRAM_CHUNK_BYTES:
@@ -282,6 +286,47 @@ def _layer_gram(spec: LayerSpec, a: jax.Array, deltas: jax.Array, bias: bool,
     d = jnp.swapaxes(d.reshape(outs, n // chunk, chunk, *d.shape[2:]), 0, 1)
     rows = lax.map(chunk_grads, (a.reshape(n // chunk, chunk, *a.shape[1:]), d))
     return gram + _gram_of_rows([rows.reshape(n * outs, -1)])
+
+
+def _conv_rows(spec: LayerSpec, a: jax.Array, deltas: jax.Array) -> jax.Array:
+    r"""Per-sample kernel gradients of an ungrouped convolution, (N * outs, window * C_in *
+    C_out), sample-major rows, in the order (C_in, window, C_out).
+
+    Sample :math:`i`'s gradient :math:`g_i[c, o, k] = \sum_s \delta_i[s, k]\,
+    a_i^{pad}[s \cdot \mathrm{stride} + o \cdot \mathrm{dilation}, c]` is itself a convolution:
+    the input's C_in channels as a batch of one-channel images, the output cotangents as the
+    filter (dilated by the stride, moved by the kernel dilation), the first ``kernel_size``
+    positions of the result. XLA:CPU runs these small convolutions faster than the offset-wise
+    products (bench/results/ntk_speed.md); a loop over the batch, :data:`GRAM_CHUNK` samples a
+    step, reads each sample's operands once and keeps no padded copy of the whole batch.
+    """
+    n, outs = a.shape[0], deltas.shape[0]
+    out_shape = deltas.shape[2:-1]
+    window = [(k - 1) * r + 1 for k, r in zip(spec.kernel_size, spec.kernel_dilation)]
+    pads = (lax.padtype_to_pads(a.shape[1:-1], window, spec.strides, spec.padding)
+            if isinstance(spec.padding, str) else spec.padding)
+    spatial = "HWD"[:a.ndim - 2]
+    dn = ("N" + spatial + "C", spatial + "IO", "N" + spatial + "C")
+
+    def one(x, d):  # x (*in, C_in), d (outs, *out, C_out) -> (outs, C_in * window * C_out)
+        rhs = jnp.moveaxis(d, 0, -2).reshape(*out_shape, 1, -1)
+        lhs = jnp.moveaxis(x, -1, 0)[..., None]  # a's channels as the batch
+        g = lax.conv_general_dilated(lhs, rhs, spec.kernel_dilation, "VALID",
+                                     rhs_dilation=spec.strides, dimension_numbers=dn)
+        g = g[(slice(None), *(slice(k) for k in spec.kernel_size))]
+        return jnp.moveaxis(g.reshape(*g.shape[:-1], outs, -1), -2, 0).reshape(outs, -1)
+
+    chunk = math.gcd(n, GRAM_CHUNK)
+
+    def step(i):  # (chunk, outs, D)
+        x = lax.dynamic_slice_in_dim(a, i * chunk, chunk, 0)
+        # padded here, not by the convolution: XLA:CPU runs a padded one 4x slower at 32x32
+        x = lax.pad(x, jnp.zeros((), x.dtype), [(0, 0, 0), *((lo, hi, 0) for lo, hi in pads),
+                                                (0, 0, 0)])
+        d = lax.dynamic_slice_in_dim(deltas, i * chunk, chunk, 1)
+        return jnp.stack([one(x[j], d[:, j]) for j in range(chunk)])
+
+    return lax.map(step, jnp.arange(n // chunk)).reshape(n * outs, -1)
 
 
 def _shifts(spec: LayerSpec, a: jax.Array, out_shape):

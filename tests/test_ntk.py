@@ -147,34 +147,43 @@ def test_layer_weight_grad_is_the_kernel_gradient():
 
 @pytest.mark.parametrize("chunked", [False, True])
 def test_layer_gram_equals_the_gram_of_patch_gradients(monkeypatch, chunked):
-    """Both paths of the per-layer Gram (all offsets over the whole batch; chunks of samples)
-    against the Gram of per-sample gradients from explicit patches, float64, for strided,
-    grouped, dilated, SAME-padded and 1x1 convolutions, two output directions, a batch (12)
-    that the chunk (8) does not divide."""
+    """Every path of the per-layer Gram (per-sample convolutions; offsets over the whole batch or
+    in chunks of samples; offsets in a scan) against the Gram of per-sample gradients from
+    explicit patches, float64, for strided, grouped, dilated, SAME-padded, 1-D and 1x1
+    convolutions, two output directions, a batch (12) that the chunk (8) does not divide."""
     monkeypatch.setattr(ntk, "GRAM_CHUNK", 8)
     monkeypatch.setattr(ntk, "GRAM_CHUNK_BYTES", 0 if chunked else 2**40)
     specs = [LayerSpec("conv", (3, 3), (2, 2), ((1, 1), (1, 1)), (1, 1), (1, 1), 3, True),
+             LayerSpec("conv", (3, 3), (2, 2), ((1, 1), (1, 1)), (1, 1), (1, 1), 1, True),
              LayerSpec("conv", (2, 2), (1, 1), "SAME", (1, 1), (2, 2), 1, False),
+             LayerSpec("conv", (3, 2), (2, 1), ((1, 1), (0, 1)), (1, 1), (1, 2), 1, True),
              LayerSpec("conv", (3, 1), (1, 1), ((1, 1), (0, 0)), (1, 1), (1, 1), 1, True),
-             LayerSpec("conv", (1, 1), (1, 1), "VALID", (1, 1), (1, 1), 1, False)]
+             LayerSpec("conv", (1, 1), (1, 1), "VALID", (1, 1), (1, 1), 1, False),
+             LayerSpec("conv", (3,), (2,), ((1, 1),), (1,), (1,), 1, True)]
     layer_gram = ntk._layer_gram.__wrapped__  # unjitted: reads the patched constants
     with jax.enable_x64(True):
-        a = jax.random.normal(jax.random.key(0), (12, 9, 9, 6), jnp.float64)
         for spec in specs:
+            rank = len(spec.kernel_size)
+            a = jax.random.normal(jax.random.key(0), (12, *(9,) * rank, 6), jnp.float64)
+            spatial = "HW"[:rank]
             w = jnp.zeros((*spec.kernel_size, 6 // spec.groups, 6), jnp.float64)
             out = jax.lax.conv_general_dilated(
                 a, w, spec.strides, spec.padding, rhs_dilation=spec.kernel_dilation,
-                feature_group_count=spec.groups, dimension_numbers=("NHWC", "HWIO", "NHWC"))
+                feature_group_count=spec.groups,
+                dimension_numbers=(f"N{spatial}C", f"{spatial}IO", f"N{spatial}C"))
             d = jax.random.normal(jax.random.key(1), (2, *out.shape), jnp.float64)
             rows = []
             for di in d:
                 kern, bias = ntk.per_sample_layer_grads(spec, a, di)
                 rows.append(jnp.concatenate([kern, bias], 1) if spec.use_bias else kern)
             r = jnp.stack(rows, 1).reshape(24, -1)  # sample-major
-            got = layer_gram(spec, a, d, spec.use_bias, False)
-            np.testing.assert_allclose(got, r @ r.T, rtol=1e-10, atol=1e-10)
-            looped = "scan" in str(jax.make_jaxpr(lambda a, d: layer_gram(spec, a, d, True))(a, d))
-            assert looped == (chunked and spec.kernel_size != (1, 1)), spec
+            for scan in (False, True):
+                got = layer_gram(spec, a, d, spec.use_bias, scan)
+                np.testing.assert_allclose(got, r @ r.T, rtol=1e-10, atol=1e-10)
+            jaxpr = str(jax.make_jaxpr(lambda a, d: layer_gram(spec, a, d, True))(a, d))
+            by_conv = spec.groups == 1 and spec.kernel_size not in ((1,), (1, 1))
+            assert ("conv_general_dilated" in jaxpr) == by_conv, spec
+            assert ("scan" in jaxpr) == (by_conv or chunked and spec.kernel_size != (1, 1)), spec
 
 
 def test_param_mask_excludes_batchnorm():
