@@ -302,9 +302,7 @@ def _conv_rows(spec: LayerSpec, a: jax.Array, deltas: jax.Array) -> jax.Array:
     """
     n, outs = a.shape[0], deltas.shape[0]
     out_shape = deltas.shape[2:-1]
-    window = [(k - 1) * r + 1 for k, r in zip(spec.kernel_size, spec.kernel_dilation)]
-    pads = (lax.padtype_to_pads(a.shape[1:-1], window, spec.strides, spec.padding)
-            if isinstance(spec.padding, str) else spec.padding)
+    pads = _pads(spec, a.shape[1:-1])
     spatial = "HWD"[:a.ndim - 2]
     dn = ("N" + spatial + "C", spatial + "IO", "N" + spatial + "C")
 
@@ -329,13 +327,19 @@ def _conv_rows(spec: LayerSpec, a: jax.Array, deltas: jax.Array) -> jax.Array:
     return lax.map(step, jnp.arange(n // chunk)).reshape(n * outs, -1)
 
 
+def _pads(spec: LayerSpec, in_shape):
+    """A convolution's (low, high) zero padding per spatial axis of an input of ``in_shape``."""
+    if not isinstance(spec.padding, str):
+        return spec.padding
+    window = [(k - 1) * r + 1 for k, r in zip(spec.kernel_size, spec.kernel_dilation)]
+    return lax.padtype_to_pads(in_shape, window, spec.strides, spec.padding)
+
+
 def _shifts(spec: LayerSpec, a: jax.Array, out_shape):
     """A convolution's zero-padded input and ``shifted(a, offset)``: the padded input ``a``
     (n, ...) at the positions that kernel offset ``offset`` meets, (n, prod(out_shape), C_in).
     ``offset`` may be traced (``lax.scan``)."""
-    window = [(k - 1) * r + 1 for k, r in zip(spec.kernel_size, spec.kernel_dilation)]
-    pads = (lax.padtype_to_pads(a.shape[1:-1], window, spec.strides, spec.padding)
-            if isinstance(spec.padding, str) else spec.padding)
+    pads = _pads(spec, a.shape[1:-1])
     sizes = [(m - 1) * s + 1 for m, s in zip(out_shape, spec.strides)]
 
     def shifted(a, offset):
