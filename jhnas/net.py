@@ -272,9 +272,10 @@ class Block(NamedTuple):
     ``module`` maps one input to one output; its parameters are ``params[scope[0]]...[scope[-1]]``
     of the whole network, or, with ``scope == ()``, the top-level entries named by its own
     submodules (``keys``). It reads node ``src`` and its output is added into node ``dst``.
+    ``module=None`` is the identity (a skip connection: no program, its input is added as is).
     """
 
-    module: nn.Module
+    module: nn.Module | None
     scope: Path
     src: int
     dst: int
@@ -408,6 +409,9 @@ def block_init(blocks: Sequence[Block]) -> Callable[[jax.Array, jax.Array], Para
         params, shapes = [], {0: jax.ShapeDtypeStruct(x.shape, x.dtype)}
         for b in blocks:
             h = shapes[b.src]
+            if b.module is None:
+                shapes.setdefault(b.dst, h)
+                continue
             out, specs = _block_params(b.module, tuple(h.shape), h.dtype)
             shapes.setdefault(b.dst, out)
             params += [(b.scope + path, counter, fn, leaf) for path, counter, fn, leaf in specs]
@@ -455,7 +459,7 @@ def from_blocks(blocks: Sequence[Block],
         raise ValueError(f"bn must be one of {BN_MODES}, got {bn!r}")
     blocks = tuple(blocks)
     init = init or block_init(blocks)
-    fns = [_compiled_block(b.module, bn) for b in blocks]
+    fns = [None if b.module is None else _compiled_block(b.module, bn) for b in blocks]
 
     def sub(params, b: Block):
         if not b.scope:
@@ -467,7 +471,7 @@ def from_blocks(blocks: Sequence[Block],
     def run(x, call, add=_add):
         nodes = {0: x}
         for i, b in enumerate(blocks):
-            y = call(i, b, nodes[b.src])
+            y = nodes[b.src] if b.module is None else call(i, b, nodes[b.src])
             nodes[b.dst] = add(nodes[b.dst], y) if b.dst in nodes else y
         return nodes[blocks[-1].dst]
 
@@ -510,7 +514,7 @@ def from_blocks(blocks: Sequence[Block],
         return logits, Taps(*taps_out[:2]), taps_out[2]
 
     def vjp(params, x, dy=None):
-        pulls, outs, taps_out = [], [], ({}, {}, [])
+        pulls, outs, taps_out = {}, {}, ({}, {}, [])
 
         def call(i, b, h):
             if dy is None:
@@ -518,8 +522,7 @@ def from_blocks(blocks: Sequence[Block],
             else:
                 out, pull, (taps, r) = fns[i].tapped_vjp(sub(params, b), h, block_dy(i, b, h, dy))
                 record(taps_out, b, taps, r)
-            pulls.append(pull)
-            outs.append(jax.ShapeDtypeStruct(out.shape, out.dtype))
+            pulls[i], outs[i] = pull, jax.ShapeDtypeStruct(out.shape, out.dtype)
             return out
 
         logits = run(x, call)
@@ -532,6 +535,10 @@ def from_blocks(blocks: Sequence[Block],
                 b = blocks[i]
                 # every reader of node b.dst comes after its writers: its cotangent is complete
                 c = cts.get(b.dst)
+                if b.module is None:  # the identity passes its cotangent on
+                    if c is not None:
+                        cts[b.src] = _add(cts[b.src], c) if b.src in cts else c
+                    continue
                 if c is None:  # a node nothing reads
                     c = jax.numpy.zeros(outs[i].shape, outs[i].dtype)
                 g = _pull(pulls[i], c, (keep[0], keep[1] or b.src != 0) + keep[2:])

@@ -8,7 +8,8 @@
 * ``chunked_conv``: ``lax.conv_general_dilated`` whose weight gradient is summed over chunks of
   the batch (the convolution of ``Conv``; faster on XLA:CPU, same values).
 * ``avg_pool_3x3``: PyTorch's ``AvgPool2d(3, stride, 1, count_include_pad=False)`` as shifted
-  slices (XLA:CPU runs ``reduce_window`` and its transpose about 10x slower).
+  slices (XLA:CPU runs ``reduce_window`` and its transpose about 10x slower); ``avg_pool_2x2``:
+  ``AvgPool2d(2, 2)`` as a reshaped mean.
 
 They are plain subclasses of ``nn.Conv`` / ``nn.Dense``, so :func:`jhnas.net.from_flax` taps them
 like any other Flax layer.
@@ -189,3 +190,15 @@ def avg_pool_3x3(x: jax.Array, stride: int = 1) -> jax.Array:
     count = window_sum(np.ones((1, h, w, 1)), lambda a: np.pad(a, ((0, 0), (1, 1), (1, 1), (0, 0))))
     total = window_sum(x, lambda a: jnp.pad(a, ((0, 0), (1, 1), (1, 1), (0, 0))))
     return total * jnp.asarray(1.0 / count, x.dtype)
+
+
+def avg_pool_2x2(x: jax.Array) -> jax.Array:
+    """2x2 average pool, stride 2, no padding: (N, H, W, C) -> (N, H // 2, W // 2, C).
+
+    The mean over the reshaped (N, H/2, 2, W/2, 2, C) array (a trailing odd row or column is
+    dropped, as ``flax.linen.avg_pool`` does); its gradient is a broadcast, where
+    ``reduce_window``'s is a padded window sum, slower on XLA:CPU to compile and to run.
+    """
+    n, h, w, c = x.shape
+    x = x[:, :h - h % 2, :w - w % 2]
+    return x.reshape(n, h // 2, 2, w // 2, 2, c).mean(axis=(2, 4))

@@ -346,6 +346,28 @@ def test_blocks_equal_the_network_in_float64(arch, names, small_batch):
         np.testing.assert_allclose(mb[name], mn[name], rtol=1e-9, err_msg=name)
 
 
+def test_blocks_leave_out_none_edges_and_run_skips_as_identities(small_batch):
+    """skip_connect is an identity block (module None), a none edge is left out unless its node
+    has no other writer; logits and parameter gradients are still the network's."""
+    from jhnas.net import vjp
+    arch = "|none~0|+|skip_connect~0|nor_conv_1x1~1|+|none~0|none~1|avg_pool_3x3~2|"
+    blocks = nb201.blocks(arch, C=4, N=1)
+    kinds = [getattr(b.module, "op", type(b.module).__name__) for b in blocks]
+    assert kinds[:6] == ["_Stem", "none", "NoneType", "ReLUConvBN", "avg_pool_3x3", "ResidualReduction"]
+    assert kinds.count("none") == 3 and kinds.count("NoneType") == 3  # one per cell
+    out = {}
+    with jax.enable_x64(True):  # the conv biases before BatchNorm have a zero gradient
+        x = jnp.asarray(small_batch.x, jnp.float64)
+        nets = {mode: nb201.make_net(arch, compile=mode, C=4, N=1) for mode in ("blocks", "network")}
+        params = jax.tree.map(lambda a: a.astype(jnp.float64),
+                              nets["network"].init(jax.random.key(3), x[:1]))
+        ct = jax.random.normal(jax.random.key(4), (x.shape[0], 10), jnp.float64)
+        for mode, net in nets.items():
+            logits, pull, _ = vjp(net, params, x)
+            out[mode] = (logits, pull(ct, ("params", "x")))
+    chex.assert_trees_all_close(out["blocks"], out["network"], rtol=1e-10, atol=1e-12)
+
+
 def test_block_vjp_equals_jax_vjp_of_the_network(small_batch):
     """from_blocks' reverse pass (compiled per block, only the asked-for cotangents) against
     jax.vjp of the monolithic network: parameters, input and layer-output cotangents, and taps."""

@@ -82,6 +82,19 @@ def test_avg_pool_3x3_equals_flax_avg_pool_in_float64(stride, size):
                                    rtol=1e-12, atol=1e-14)
 
 
+@pytest.mark.parametrize("size", [4, 5])
+def test_avg_pool_2x2_equals_flax_avg_pool_in_float64(size):
+    import flax.linen as nn
+    with jax.enable_x64(True):
+        x = jax.random.normal(jax.random.key(1), (2, size, size + 1, 3), jnp.float64)
+        ref = functools.partial(nn.avg_pool, window_shape=(2, 2), strides=(2, 2))
+        assert jnn.avg_pool_2x2(x).shape == ref(x).shape
+        np.testing.assert_allclose(jnn.avg_pool_2x2(x), ref(x), rtol=1e-13)
+        ct = jax.random.normal(jax.random.key(2), ref(x).shape, jnp.float64)
+        np.testing.assert_allclose(jax.vjp(jnn.avg_pool_2x2, x)[1](ct)[0],
+                                   jax.vjp(ref, x)[1](ct)[0], rtol=1e-13, atol=1e-15)
+
+
 @pytest.mark.parametrize("partitionable", [True, False])
 def test_torch_inits_equal_the_plain_draws(partitionable):
     """Eager (flat draw, sliced) and traced: exactly variance_scaling(1/3, "fan_in", "uniform")

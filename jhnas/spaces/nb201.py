@@ -313,7 +313,7 @@ class ResidualReduction(nn.Module):
     def __call__(self, x: jax.Array) -> jax.Array:
         b = ReLUConvBN(self.c_in, self.c_out, 3, 2, use_bn=self.use_bn, name="conv_a")(x)
         b = ReLUConvBN(self.c_out, self.c_out, 3, 1, use_bn=self.use_bn, name="conv_b")(b)
-        r = nn.avg_pool(x, (2, 2), strides=(2, 2))
+        r = jnn.avg_pool_2x2(x)
         r = jnn.Conv(self.c_in, self.c_out, 1, name="shortcut")(r)
         return r + b
 
@@ -385,20 +385,23 @@ class _Head(nn.Module):
 
 
 class _FreeOp(nn.Module):
-    """A parameter-free edge op (``none``, ``skip_connect``, ``avg_pool_3x3``) as one block."""
+    """A parameter-free edge op (``none`` or ``avg_pool_3x3``) as one block."""
     op: str
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
-        if self.op == "none":
-            return x * 0.0
-        return jnn.avg_pool_3x3(x) if self.op == "avg_pool_3x3" else x
+        return x * 0.0 if self.op == "none" else jnn.avg_pool_3x3(x)
 
 
 def blocks(arch: str, *, num_classes: int = 10, C: int = 16, N: int = 5, preset: str = "hnas",
            use_bn: bool = True) -> list[Block]:
     """:class:`NB201Net` as :class:`jhnas.net.Block` s: stem, one block per cell edge, the two
-    reductions, head. Node 0 is the image; cell nodes are numbered consecutively."""
+    reductions, head. Node 0 is the image; cell nodes are numbered consecutively.
+
+    ``skip_connect`` is an identity block (no program). A ``none`` edge adds zero, so it is left
+    out unless every edge into its node is ``none`` (then one ``none`` block makes the node);
+    the values are the network's, except that ``x * 0`` of an infinite or NaN ``x`` is not
+    propagated."""
     if preset not in PRESETS:
         raise ValueError(f"preset must be one of {', '.join(PRESETS)}, got {preset!r}")
     ops, hnas = parse(arch), preset == "hnas"
@@ -415,7 +418,10 @@ def blocks(arch: str, *, num_classes: int = 10, C: int = 16, N: int = 5, preset:
                     mod = ReLUConvBN(c, c, 1 if op == "nor_conv_1x1" else 3, conv_bias=hnas,
                                      affine=not hnas, use_bn=use_bn)
                     out.append(Block(mod, (f"cell{stage}_{k}", f"edge_{i}_{j}"), node + j, node + i))
-                else:
+                elif op == "skip_connect":
+                    out.append(Block(None, (), node + j, node + i))
+                elif op == "avg_pool_3x3" or j == 0 and all(
+                        o == "none" for (t, _), o in zip(EDGES, ops) if t == i):
                     out.append(Block(_FreeOp(op), (), node + j, node + i))
             node += 3
     out.append(Block(_Head(c, num_classes, use_bn), (), node, node + 1, ("head_bn", "classifier")))
