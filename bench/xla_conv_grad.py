@@ -24,10 +24,12 @@ cells, batch 64, train-mode BN, one monolithic compilation) with plain
 ``CONV_CHUNK`` samples at every stage, and with ``chunked_conv``'s default (``CONV_CHUNK``, no
 chunks at 8x8), alternated, best of 14 runs each, compile time apart.
 
-Writes bench/results/xla_conv_grad.{json,md}.
+Writes bench/results/xla_conv_grad.{json,md} (``--out PREFIX``: PREFIX.{json,md}); the CPU's
+model name goes into both, since the results differ between CPUs.
 """
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import platform
@@ -147,8 +149,22 @@ def network_steps(arch: str) -> dict:
     return out
 
 
+def cpu_name() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
 def main() -> None:
     from jhnas.spaces import nb201
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--out", default=str(RESULTS / "xla_conv_grad"), help="output prefix")
+    out = Path(p.parse_args().out)
 
     # the best NB201 architecture by 200-epoch CIFAR-10 test accuracy
     network = network_steps(nb201.arch_at(6111))
@@ -180,12 +196,13 @@ def main() -> None:
         rows.append(row)
         print(row, flush=True)
     env = {"jax": jax.__version__, "python": platform.python_version(),
-           "cpu": platform.processor() or platform.machine(),
+           "cpu": cpu_name(),
            "xla_flags": os.environ.get("XLA_FLAGS", "")}
-    (RESULTS / "xla_conv_grad.json").write_text(json.dumps({"env": env, "rows": rows,
+    out.parent.mkdir(parents=True, exist_ok=True)
+    Path(f"{out}.json").write_text(json.dumps({"env": env, "rows": rows,
                                                             "network": network}, indent=1))
     lines = [f"# One 3x3 convolution on XLA:CPU, split (batch {BATCH}, float32, one core, best of "
-             f"{REPEAT})", "", f"jax {env['jax']}, XLA_FLAGS `{env['xla_flags']}`.", "",
+             f"{REPEAT})", "", f"{env['cpu']}, jax {env['jax']}, XLA_FLAGS `{env['xla_flags']}`.", "",
              "| C, size | fwd ms | dx ms | dw ms | fwd+dx+dw ms | torch fwd+bwd ms | "
              f"dw chunked ({CONV_CHUNK}) ms | fwd+dx+dw chunked ms | dw im2col ms | "
              "dw shifted ms | dw as conv ms |", "|---|---|---|---|---|---|---|---|---|---|---|"]
@@ -219,7 +236,7 @@ def main() -> None:
               f"Speed-up of the default {network['run_s_plain'] / network['run_s_default']:.2f}x; "
               f"gradients agree to {network['rel_err']:.1e} (max relative difference). "
               f"Architecture `{network['arch']}`.", ""]
-    (RESULTS / "xla_conv_grad.md").write_text("\n".join(lines))
+    Path(f"{out}.md").write_text("\n".join(lines))
     print("\n".join(lines))
 
 
