@@ -727,6 +727,10 @@ def pool_table(pool: dict) -> list[str]:
         cells.append(f"{sum(r['compiles'] for r in rows)} ({sum(r['compile_s'] for r in rows):.0f})")
         L.append(f"| {name} | " + " | ".join(cells) + " |")
     rows = first["rows"]
+    v = first.get("versions", {})
+    if v:
+        L += ["", f"{v.get('cpu')}, process pinned to cores {v.get('affinity')}, jax "
+              f"{v.get('jax')}, torch {v.get('torch')}."]
     L += ["", "Steady state: the architectures that compiled nothing. Relative difference "
           "torch vs jhnas, median: " + ", ".join(
               f"{m} {statistics.median(r['rel'][m] for r in rows):.1e}" for m in metrics) + "."]
