@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import time
 from pathlib import Path
 
@@ -28,6 +27,7 @@ import numpy as np
 from jhnas import data, metrics
 from jhnas import ntk as ntk_lib
 from jhnas.net import vjp as net_vjp
+from jhnas.results import cpu_name
 from jhnas.spaces import nb201
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -85,8 +85,7 @@ def main() -> None:
     res = {"rows": rows, "geomean_ratio": float(np.exp(np.mean(np.log(ratio)))),
            "protocol": {"archs": args.archs, "repeat": args.repeat, "batch": 64, "cells": 5,
                         "bn": "train", "dtype": "float32", "jax": jax.__version__,
-                        "flax": flax.__version__, "machine": platform.processor() or
-                        platform.machine(), "cpus": len(os.sched_getaffinity(0)),
+                        "flax": flax.__version__, "machine": cpu_name(), "cpus": len(os.sched_getaffinity(0)),
                         "xla_flags": os.environ.get("XLA_FLAGS", "")}}
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / "block_vjp.json").write_text(json.dumps(res, indent=1))

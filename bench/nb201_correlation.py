@@ -27,7 +27,6 @@ import csv
 import glob
 import json
 import os
-import platform
 from pathlib import Path
 
 import numpy as np
@@ -139,6 +138,8 @@ def spearman(a, b) -> tuple[float, int]:
 def cmd_report(args) -> None:
     import jax
 
+    from jhnas.results import cpu_name
+
     acc = accuracies()
     sz = suite_zero()
     s0, s1 = load_scores(0), load_scores(1)
@@ -147,8 +148,7 @@ def cmd_report(args) -> None:
     archs = [a for a in archs if a in s0]
     metrics = [m for m in ALL if archs and m in s0[archs[0]]]
     out = {"protocol": __doc__.split("\n\n")[1].replace("\n", " "), "n_archs": len(archs),
-           "missing": len(missing), "jax": jax.__version__, "machine": platform.processor() or
-           platform.machine(), "seconds_per_arch_mean": float(np.mean(
+           "missing": len(missing), "jax": jax.__version__, "machine": cpu_name(), "seconds_per_arch_mean": float(np.mean(
                [s0[a]["seconds"] for a in archs])) if archs else None, "metrics": {}}
     lines = ["# Training-free metrics vs NAS-Bench-201 accuracy (200 sampled architectures)", "",
              out["protocol"], "",

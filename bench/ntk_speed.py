@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import statistics
 import time
 from pathlib import Path
@@ -38,6 +37,7 @@ from jax._src.dispatch import BACKEND_COMPILE_EVENT
 
 from jhnas import data, ntk, score
 from jhnas.metrics import cross_entropy, metrics_fn
+from jhnas.results import cpu_name
 from jhnas.spaces import nb201
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -131,7 +131,7 @@ def main() -> None:
     p.add_argument("--out", default=str(RESULTS / "ntk_speed"))
     args = p.parse_args()
     batch = data.default_batch(64)
-    res = {"jax": jax.__version__, "machine": platform.processor() or platform.machine(),
+    res = {"jax": jax.__version__, "machine": cpu_name(),
            "batch": 64, "cells": 5, "C": 16, "preset": "hnas", "static_arch": STATIC}
     if args.archs:
         res["blocks"] = many_archs(batch, args.archs)  # first: it counts every block compilation

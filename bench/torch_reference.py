@@ -953,9 +953,10 @@ def versions() -> dict:
     import flax
     import jax
     import jaxlib
+    from jhnas.results import cpu_name
     v = {"python": platform.python_version(), "torch": torch.__version__, "jax": jax.__version__,
          "jaxlib": jaxlib.__version__, "flax": flax.__version__, "numpy": np.__version__,
-         "machine": platform.machine(), "cpu": _cpu_name(), "cores": os.cpu_count(),
+         "machine": platform.machine(), "cpu": cpu_name(), "cores": os.cpu_count(),
          "affinity": sorted(os.sched_getaffinity(0)), "torch_threads": torch.get_num_threads(),
          "xla_flags": os.environ.get("XLA_FLAGS", "")}
     try:
@@ -964,16 +965,6 @@ def versions() -> dict:
     except Exception:  # noqa: BLE001
         v["neural_tangents"] = None
     return v
-
-
-def _cpu_name() -> str:
-    try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor()
 
 
 def _pin_threads():

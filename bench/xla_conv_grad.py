@@ -42,6 +42,7 @@ import numpy as np
 from jax import lax
 
 from jhnas.nn import CONV_CHUNK, chunked_conv
+from jhnas.results import cpu_name
 
 RESULTS = Path(__file__).resolve().parent / "results"
 SHAPES = [(16, 32), (32, 16), (64, 8)]  # (channels, spatial size) of the NB201 stages
@@ -149,17 +150,6 @@ def network_steps(arch: str) -> dict:
     return out
 
 
-def cpu_name() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
 def main() -> None:
     from jhnas.spaces import nb201
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -199,10 +189,11 @@ def main() -> None:
            "cpu": cpu_name(),
            "xla_flags": os.environ.get("XLA_FLAGS", "")}
     out.parent.mkdir(parents=True, exist_ok=True)
-    Path(f"{out}.json").write_text(json.dumps({"env": env, "rows": rows,
-                                                            "network": network}, indent=1))
+    Path(f"{out}.json").write_text(json.dumps({"env": env, "rows": rows, "network": network},
+                                              indent=1))
     lines = [f"# One 3x3 convolution on XLA:CPU, split (batch {BATCH}, float32, one core, best of "
-             f"{REPEAT})", "", f"{env['cpu']}, jax {env['jax']}, XLA_FLAGS `{env['xla_flags']}`.", "",
+             f"{REPEAT})", "",
+             f"{env['cpu']}, jax {env['jax']}, XLA_FLAGS `{env['xla_flags']}`.", "",
              "| C, size | fwd ms | dx ms | dw ms | fwd+dx+dw ms | torch fwd+bwd ms | "
              f"dw chunked ({CONV_CHUNK}) ms | fwd+dx+dw chunked ms | dw im2col ms | "
              "dw shifted ms | dw as conv ms |", "|---|---|---|---|---|---|---|---|---|---|---|"]

@@ -9,6 +9,7 @@ from __future__ import annotations
 import csv
 import io
 import os
+import platform
 from pathlib import Path
 from typing import Iterable, Mapping
 
@@ -17,6 +18,19 @@ def _line(values: Iterable) -> str:
     buf = io.StringIO()
     csv.writer(buf, lineterminator="\n").writerow(values)
     return buf.getvalue()
+
+
+def cpu_name() -> str:
+    """The CPU's model name (``/proc/cpuinfo``, else ``platform``), to record with timings: they
+    differ between CPUs."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
 
 
 def format_value(v) -> str:

@@ -37,3 +37,15 @@ def test_header_mismatch_and_missing_folder(tmp_path):
         ResultsCSV(path, ["arch", "n", "seconds"])
     with pytest.raises(FileNotFoundError, match="does not exist"):
         ResultsCSV(tmp_path / "nope" / "s.csv", ["arch"])
+
+
+def test_cpu_name_is_the_cpuinfo_model_name():
+    from jhnas.results import cpu_name
+    name = cpu_name()
+    assert isinstance(name, str) and name
+    try:
+        text = open("/proc/cpuinfo").read()
+    except OSError:
+        return
+    if "model name" in text:
+        assert name in text
