@@ -85,7 +85,8 @@ def main() -> None:
     res = {"rows": rows, "geomean_ratio": float(np.exp(np.mean(np.log(ratio)))),
            "protocol": {"archs": args.archs, "repeat": args.repeat, "batch": 64, "cells": 5,
                         "bn": "train", "dtype": "float32", "jax": jax.__version__,
-                        "flax": flax.__version__, "machine": cpu_name(), "cpus": len(os.sched_getaffinity(0)),
+                        "flax": flax.__version__, "machine": cpu_name(),
+                        "cpus": len(os.sched_getaffinity(0)),
                         "xla_flags": os.environ.get("XLA_FLAGS", "")}}
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / "block_vjp.json").write_text(json.dumps(res, indent=1))

@@ -148,8 +148,9 @@ def cmd_report(args) -> None:
     archs = [a for a in archs if a in s0]
     metrics = [m for m in ALL if archs and m in s0[archs[0]]]
     out = {"protocol": __doc__.split("\n\n")[1].replace("\n", " "), "n_archs": len(archs),
-           "missing": len(missing), "jax": jax.__version__, "machine": cpu_name(), "seconds_per_arch_mean": float(np.mean(
-               [s0[a]["seconds"] for a in archs])) if archs else None, "metrics": {}}
+           "missing": len(missing), "jax": jax.__version__, "machine": cpu_name(),
+           "seconds_per_arch_mean": float(np.mean([s0[a]["seconds"] for a in archs]))
+           if archs else None, "metrics": {}}
     lines = ["# Training-free metrics vs NAS-Bench-201 accuracy (200 sampled architectures)", "",
              out["protocol"], "",
              f"Architectures scored: {len(archs)} of {N_ARCHS}; jax {jax.__version__}; mean "

@@ -353,7 +353,8 @@ def test_blocks_leave_out_none_edges_and_run_skips_as_identities(small_batch):
     arch = "|none~0|+|skip_connect~0|nor_conv_1x1~1|+|none~0|none~1|avg_pool_3x3~2|"
     blocks = nb201.blocks(arch, C=4, N=1)
     kinds = [getattr(b.module, "op", type(b.module).__name__) for b in blocks]
-    assert kinds[:6] == ["_Stem", "none", "NoneType", "ReLUConvBN", "avg_pool_3x3", "ResidualReduction"]
+    assert kinds[:6] == ["_Stem", "none", "NoneType", "ReLUConvBN", "avg_pool_3x3",
+                         "ResidualReduction"]
     assert kinds.count("none") == 3 and kinds.count("NoneType") == 3  # one per cell
     out = {}
     with jax.enable_x64(True):  # the conv biases before BatchNorm have a zero gradient
