@@ -19,7 +19,6 @@ import argparse
 import json
 from pathlib import Path
 
-import jax
 import numpy as np
 
 from jhnas import hnas

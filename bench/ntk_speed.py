@@ -36,7 +36,7 @@ import numpy as np
 from jax._src.dispatch import BACKEND_COMPILE_EVENT
 
 from jhnas import data, ntk, score
-from jhnas.metrics import cross_entropy, metrics_fn
+from jhnas.metrics import cross_entropy
 from jhnas.results import cpu_name
 from jhnas.spaces import nb201
 

@@ -24,7 +24,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import subprocess
 import sys
 import time
@@ -132,9 +131,11 @@ def main() -> None:
     else:
         import jax
         import jaxlib
+
+        from jhnas.results import cpu_name
         res = {"jax": jax.__version__, "jaxlib": jaxlib.__version__,
                "backend": jax.default_backend(), "devices": [str(d) for d in jax.devices()],
-               "machine": f"{platform.machine()}, {os.cpu_count()} cores",
+               "machine": f"{cpu_name()}, {os.cpu_count()} cores",
                "loadavg_before": os.getloadavg(), "arch": STATIC}
         res["one_device"] = one_device(args.batches, set(args.run))
         env = dict(os.environ)
