@@ -103,11 +103,14 @@ def cross_entropy(logits: jax.Array, y: jax.Array) -> jax.Array:
 
 #: dL/dlogits, jitted: the glue of a net of compiled blocks runs eagerly.
 _loss_cotangent = jax.jit(jax.grad(cross_entropy))
+# Jitted for the same reason: GraSP's Hessian-vector product through compiled blocks then compiles
+# each derivative of the loss as one program, not one per array operation.
+_cross_entropy = jax.jit(cross_entropy)
 
 
 def _loss_grad(net: Net, merge, kernels, x, y):
     """dL/dW for the Conv/Dense kernels (a list aligned with ``kernels``)."""
-    return jax.grad(lambda w: cross_entropy(net.apply(merge(w), x), y))(kernels)
+    return jax.grad(lambda w: _cross_entropy(net.apply(merge(w), x), y))(kernels)
 
 
 @functools.partial(jax.jit, static_argnums=0)
@@ -124,6 +127,12 @@ def _fisher(fan_in: int, a: jax.Array, g: jax.Array) -> jax.Array:
 
 def _fan_in(spec, x: jax.Array) -> int:
     return x.shape[-1] // spec.groups * math.prod(spec.kernel_size)
+
+
+@jax.jit
+def _grasp_layer(total: jax.Array, w: jax.Array, hg: jax.Array) -> jax.Array:
+    """``total`` - sum(w * Hg) of one layer (jitted for the same reason as _grad_stats_layer)."""
+    return total - (w * hg).sum()
 
 
 @jax.jit
@@ -175,7 +184,8 @@ def _device_passes(net: Net, passes: frozenset[str], zico_splits: int):
                     g_w = kernels_of(g["params"]) if "params" in g else [
                         ntk_lib.layer_weight_grad(specs[p], taps.inputs[p], g["dy"][p])
                         for p in paths]
-                    out.update(_grad_stats(kernels, g_w))
+                    if "loss" in passes:
+                        out.update(_grad_stats(kernels, g_w))
             if "fisher" in passes:
                 out["fisher"] = sum(_fisher(_fan_in(s, taps.inputs[p]), taps.outputs[p],
                                             g["dy"][p]) for p, s in specs.items())
@@ -198,12 +208,14 @@ def _device_passes(net: Net, passes: frozenset[str], zico_splits: int):
             logits, pull, _ = net_vjp(net, params, x)
             if loss_pass:
                 g_w = kernels_of(pull(_loss_cotangent(logits, y))["params"])
-                out.update(_grad_stats(kernels, g_w))
+                if "loss" in passes:
+                    out.update(_grad_stats(kernels, g_w))
             if "jacob" in passes:
                 out["jacob"] = pull(jnp.ones_like(logits), ("x",))["x"]
         if "grasp" in passes:  # H g by forward-over-reverse, g from the loss pass
             _, hg = jax.jvp(lambda w: _loss_grad(net, merge, w, x, y), (kernels,), (list(g_w),))
-            out["grasp"] = sum((-w * h).sum() for w, h in zip(kernels, hg))
+            out["grasp"] = functools.reduce(lambda t, wh: _grasp_layer(t, *wh), zip(kernels, hg),
+                                            np.zeros((), jnp.result_type(*hg)))
         if "zico" in passes:
             n = x.shape[0] // zico_splits * zico_splits
             xs = x[:n].reshape((zico_splits, -1) + x.shape[1:])
