@@ -214,8 +214,10 @@ def _device_passes(net: Net, passes: frozenset[str], zico_splits: int):
                 out["jacob"] = pull(jnp.ones_like(logits), ("x",))["x"]
         if "grasp" in passes:  # H g by forward-over-reverse, g from the loss pass
             _, hg = jax.jvp(lambda w: _loss_grad(net, merge, w, x, y), (kernels,), (list(g_w),))
-            out["grasp"] = functools.reduce(lambda t, wh: _grasp_layer(t, *wh), zip(kernels, hg),
-                                            np.zeros((), jnp.result_type(*hg)))
+            total = np.zeros((), jnp.result_type(*hg))
+            for w, h in zip(kernels, hg):
+                total = _grasp_layer(total, w, h)
+            out["grasp"] = total
         if "zico" in passes:
             n = x.shape[0] // zico_splits * zico_splits
             xs = x[:n].reshape((zico_splits, -1) + x.shape[1:])
