@@ -131,7 +131,7 @@ def _fan_in(spec, x: jax.Array) -> int:
 
 @jax.jit
 def _grasp_layer(total: jax.Array, w: jax.Array, hg: jax.Array) -> jax.Array:
-    """``total`` - sum(w * Hg) of one layer (jitted for the same reason as _grad_stats_layer)."""
+    """``total`` - sum(w * Hg) of one layer."""
     return total - (w * hg).sum()
 
 
@@ -141,13 +141,16 @@ def _grad_stats_layer(total: jax.Array, w: jax.Array, g: jax.Array) -> jax.Array
     return total + jnp.stack([jnp.sqrt((g ** 2).sum()), jnp.abs(w * g).sum()])
 
 
-def _grad_stats(kernels, grads):
-    # One jitted call per layer (not per array operation): a net of compiled blocks runs this
-    # glue eagerly, and the jitted layer function is shared by every layer of the same shape.
-    s = np.zeros(2, jnp.result_type(*grads))
+def _layer_sum(layer_fn, kernels, grads, shape=()):
+    """``layer_fn(total, w, g)`` accumulated over the layers from zeros of ``shape``.
+
+    One jitted call per layer (not per array operation): a net of compiled blocks runs this glue
+    eagerly, and the jitted layer function is shared by every layer of the same shape.
+    """
+    total = np.zeros(shape, jnp.result_type(*grads))
     for w, g in zip(kernels, grads):
-        s = _grad_stats_layer(s, w, g)
-    return {"grad_norm": s[0], "snip": s[1]}
+        total = layer_fn(total, w, g)
+    return total
 
 
 def _device_passes(net: Net, passes: frozenset[str], zico_splits: int):
@@ -184,8 +187,6 @@ def _device_passes(net: Net, passes: frozenset[str], zico_splits: int):
                     g_w = kernels_of(g["params"]) if "params" in g else [
                         ntk_lib.layer_weight_grad(specs[p], taps.inputs[p], g["dy"][p])
                         for p in paths]
-                    if "loss" in passes:
-                        out.update(_grad_stats(kernels, g_w))
             if "fisher" in passes:
                 out["fisher"] = sum(_fisher(_fan_in(s, taps.inputs[p]), taps.outputs[p],
                                             g["dy"][p]) for p, s in specs.items())
@@ -208,16 +209,14 @@ def _device_passes(net: Net, passes: frozenset[str], zico_splits: int):
             logits, pull, _ = net_vjp(net, params, x)
             if loss_pass:
                 g_w = kernels_of(pull(_loss_cotangent(logits, y))["params"])
-                if "loss" in passes:
-                    out.update(_grad_stats(kernels, g_w))
             if "jacob" in passes:
                 out["jacob"] = pull(jnp.ones_like(logits), ("x",))["x"]
+        if "loss" in passes:
+            stats = _layer_sum(_grad_stats_layer, kernels, g_w, (2,))
+            out.update(grad_norm=stats[0], snip=stats[1])
         if "grasp" in passes:  # H g by forward-over-reverse, g from the loss pass
             _, hg = jax.jvp(lambda w: _loss_grad(net, merge, w, x, y), (kernels,), (list(g_w),))
-            total = np.zeros((), jnp.result_type(*hg))
-            for w, h in zip(kernels, hg):
-                total = _grasp_layer(total, w, h)
-            out["grasp"] = total
+            out["grasp"] = _layer_sum(_grasp_layer, kernels, hg)
         if "zico" in passes:
             n = x.shape[0] // zico_splits * zico_splits
             xs = x[:n].reshape((zico_splits, -1) + x.shape[1:])
