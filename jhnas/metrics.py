@@ -153,6 +153,10 @@ def _layer_sum(layer_fn, kernels, grads, shape=()):
     return total
 
 
+_NTK_FIX = ("for such a network compute the Gram with jhnas.empirical_ntk_fn(net, "
+            "implementation='jacobian') and take jhnas.trace_norm / jhnas.condition_number of it")
+
+
 def _device_passes(net: Net, passes: frozenset[str], zico_splits: int):
     """The jit-able part: every needed quantity from as few forward/backward passes as possible.
 
@@ -177,8 +181,9 @@ def _device_passes(net: Net, passes: frozenset[str], zico_splits: int):
             need_w = bool(passes & {"loss", "grasp"})
             # each kernel's module path, in the order of `kernels` (param_mask's "kernels" rule)
             paths = [p[:-1] for p in ntk_lib.leaf_paths(params) if p[-1] == "kernel"]
-            # a kernel without taps needs the parameters' cotangent
-            wrt = ("dy", "params") if need_w and not all(p in specs for p in paths) else ("dy",)
+            # a kernel without taps, or transformed before use, needs the parameters' cotangent
+            tapped = all(p in specs and specs[p].direct for p in paths)
+            wrt = ("dy", "params") if need_w and not tapped else ("dy",)
             logits, pull, (taps, relus) = net_vjp(net, params, x, dy0)
             n = logits.shape[0]
             if loss_pass:
@@ -191,6 +196,7 @@ def _device_passes(net: Net, passes: frozenset[str], zico_splits: int):
                 out["fisher"] = sum(_fisher(_fan_in(s, taps.inputs[p]), taps.outputs[p],
                                             g["dy"][p]) for p, s in specs.items())
             if "ntk" in passes:
+                ntk_lib.check_decomposable(specs, params, "layers", _NTK_FIX)
                 ct = ntk_lib.output_cotangents(logits, y, "label")
                 if ct.shape[0] == 1:  # no vmap: reuse the backward blocks the loss pass compiled
                     deltas = jax.tree.map(lambda d: d[None], pull(ct[0], ("dy",))["dy"])
@@ -198,7 +204,7 @@ def _device_passes(net: Net, passes: frozenset[str], zico_splits: int):
                     deltas = jax.vmap(lambda c: pull(c, ("dy",))["dy"])(ct)
                 out["gram"] = ntk_lib.gram_from_taps(specs, taps.inputs, deltas)
             if "jacob" in passes:
-                out["jacob"] = pull(jnp.ones_like(logits), ("x",))["x"]
+                out["jacob"] = pull(ntk_lib.ones_like(logits), ("x",))["x"]
             if "naswot" in passes:
                 if not relus:
                     raise ValueError("naswot needs ReLU inputs: call jhnas.nn.relu(module, x) for "
@@ -210,7 +216,7 @@ def _device_passes(net: Net, passes: frozenset[str], zico_splits: int):
             if loss_pass:
                 g_w = kernels_of(pull(_loss_cotangent(logits, y))["params"])
             if "jacob" in passes:
-                out["jacob"] = pull(jnp.ones_like(logits), ("x",))["x"]
+                out["jacob"] = pull(ntk_lib.ones_like(logits), ("x",))["x"]
         if "loss" in passes:
             stats = _layer_sum(_grad_stats_layer, kernels, g_w, (2,))
             out.update(grad_norm=stats[0], snip=stats[1])

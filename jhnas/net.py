@@ -31,6 +31,7 @@ from typing import Any, Callable, Mapping, NamedTuple, Sequence
 
 import flax.linen as nn
 import jax
+import jax.extend.core as jex
 import numpy as np
 from flax import config as flax_config
 from flax import traverse_util
@@ -57,6 +58,11 @@ class LayerSpec(NamedTuple):
     kernel_dilation: tuple[int, ...] = ()
     groups: int = 1
     use_bias: bool = True
+    #: False if the layer's kernel or bias is transformed before its convolution/matmul uses it
+    #: (a mask, weight standardisation, another use of the parameter; :func:`_direct_layers`):
+    #: per-sample gradients from the layer's input and output cotangent are then gradients of
+    #: the transformed kernel, not of the parameter.
+    direct: bool = True
 
 
 class Taps(NamedTuple):
@@ -203,6 +209,60 @@ def bn_mode(mode: str):
     return nn.intercept_methods(_interceptor(mode, False, None))
 
 
+def leaf_paths(tree) -> list[Path]:
+    """The path of names of every leaf of ``tree``, in ``jax.tree.leaves`` order."""
+    return [tuple(getattr(k, "key", getattr(k, "name", k)) for k in path)
+            for path, _ in jax.tree_util.tree_flatten_with_path(tree)[0]]
+
+
+# Primitives that call a sub-jaxpr on their operands in order (the dataflow follows them).
+_CALLS = frozenset({"pjit", "jit", "closed_call", "core_call", "custom_jvp_call",
+                    "custom_vjp_call", "custom_vjp_call_jaxpr", "remat", "checkpoint"})
+# What a kernel may pass through on its way to the convolution/matmul, and a bias to the add.
+_KERNEL_PASS = frozenset({"convert_element_type", "copy", "copy_p"})
+_BIAS_PASS = _KERNEL_PASS | {"reshape", "broadcast_in_dim", "squeeze", "expand_dims"}
+
+
+def _uses(jaxpr, var, passthrough) -> list[tuple[str, int]]:
+    """The uses of ``var`` in ``jaxpr`` as (primitive, operand index), following it through the
+    ``passthrough`` primitives and into and out of the sub-jaxprs of :data:`_CALLS`;
+    ``("output", i)`` if it is the jaxpr's i-th output."""
+    out = [("output", i) for i, v in enumerate(jaxpr.outvars) if v is var]
+    for eqn in jaxpr.eqns:
+        for i, v in enumerate(eqn.invars):
+            if v is not var:
+                continue
+            name = eqn.primitive.name
+            subs = list(jex.jaxprs_in_params(eqn.params))
+            if name in passthrough:
+                out += _uses(jaxpr, eqn.outvars[0], passthrough)
+            elif name in _CALLS and len(subs) == 1 and len(subs[0].invars) == len(eqn.invars):
+                for use in _uses(subs[0], subs[0].invars[i], passthrough):
+                    out += (_uses(jaxpr, eqn.outvars[use[1]], passthrough)
+                            if use[0] == "output" else [use])
+            else:
+                out.append((name, i))
+    return out
+
+
+def _direct_layers(jaxpr, param_paths: list[Path], specs: Mapping[Path, LayerSpec]) -> set[Path]:
+    """The tapped layers whose kernel is used once, as the right operand of a convolution or
+    ``dot_general``, and whose bias (if any) once, added, both unchanged on the way (dtype
+    casts aside): those whose per-sample gradients the taps give. ``jaxpr`` is the tapped forward
+    pass with the parameter leaves (in the order of ``param_paths``) as its first inputs."""
+    invar = dict(zip(param_paths, jaxpr.invars))
+    direct = set()
+    for path, spec in specs.items():
+        kernel = _uses(jaxpr, invar.get(path + ("kernel",)), _KERNEL_PASS)
+        ok = kernel in ([("conv_general_dilated", 1)], [("dot_general", 1)])
+        if spec.use_bias:
+            ok = ok and _uses(jaxpr, invar.get(path + ("bias",)), _BIAS_PASS) in (
+                [("add", 0)], [("add", 1)])
+        if ok:
+            direct.add(path)
+    return direct
+
+
 def _flat(tree, leaf_name: str) -> dict[Path, Any]:
     flat = traverse_util.flatten_dict(tree) if tree else {}
     return {k[:-1]: v for k, v in flat.items() if k[-1] == leaf_name}
@@ -245,11 +305,13 @@ def from_flax(module: nn.Module, *, bn: str = "train", state: Mapping | None = N
 
     def layers(params, x):
         specs: dict[Path, LayerSpec] = {}
-        _, coll = jax.eval_shape(lambda p, x: run(p, x, tap=True, mutable=[_PERTURB], specs=specs),
-                                 params, x)
+        jaxpr, (_, coll) = jax.make_jaxpr(
+            lambda p, x: run(p, x, tap=True, mutable=[_PERTURB], specs=specs),
+            return_shape=True)(params, x)
         dy0 = jax.tree.map(lambda s: jax.numpy.zeros(s.shape, s.dtype),
                            _flat(coll.get(_PERTURB), "jhnas_dy"))
-        return specs, dy0
+        direct = _direct_layers(jaxpr.jaxpr, leaf_paths(params), specs)
+        return {p: s._replace(direct=p in direct) for p, s in specs.items()}, dy0
 
     def tapped(params, x, dy):
         logits, coll = run(params, x, tap=True, dy=dy, mutable=[_TAPS, RELU_INPUTS])

@@ -26,7 +26,9 @@ Three implementations (:class:`Implementation`):
   \mathrm{patch}(a_i)(s)` (bias: :math:`\sum_s \delta_i(s)`). This is exactly what the official
   hook-based code computes; with train-mode BatchNorm it *decomposes* :math:`\partial S/\partial
   \theta = \sum_i g_i` and is not the Jacobian of either other implementation. Needs a tappable
-  :class:`jhnas.net.Net` (from :func:`jhnas.net.from_flax`).
+  :class:`jhnas.net.Net` (from :func:`jhnas.net.from_flax`); raises ``ValueError`` naming any
+  selected parameter outside a tapped layer, and any layer whose kernel or bias is transformed
+  before use (:func:`check_decomposable`).
 
 All three agree to float32 rounding on networks without batch coupling (tested against a
 float64 ``jacrev`` oracle). Spectra are computed on the host in float64.
@@ -60,7 +62,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-from jhnas.net import LayerSpec, Net, from_apply
+from jhnas.net import LayerSpec, Net, from_apply, leaf_paths
 from jhnas.net import vjp as net_vjp
 from jhnas.nn import chunked_conv
 
@@ -98,12 +100,6 @@ def param_mask(params, which: str = "layers"):
 
     treedef = jax.tree.structure(params)
     return treedef.unflatten([keep(p) for p in paths])
-
-
-def leaf_paths(params) -> list[tuple]:
-    """The path of names of every leaf of ``params``, in ``jax.tree.leaves`` order."""
-    return [tuple(getattr(k, "key", getattr(k, "name", k)) for k in path)
-            for path, _ in jax.tree_util.tree_flatten_with_path(params)[0]]
 
 
 def split_params(params, mask):
@@ -366,8 +362,46 @@ def output_cotangents(logits: jax.Array, y: jax.Array | None, output: str) -> ja
             raise ValueError("output='label' needs the labels y")
         return jax.nn.one_hot(y, k, dtype=logits.dtype)[None]
     if output == "sum":
-        return jnp.ones((1, n, k), logits.dtype)
+        return ones_like(logits)[None]
     raise ValueError(f"output must be one of {OUTPUTS}, got {output!r}")
+
+
+def ones_like(a: jax.Array) -> jax.Array:
+    """Ones shaped like ``a`` (NaN where ``a`` is not finite), computed from ``a``.
+
+    A cotangent of constant ones lets XLA fold the output layer's bias gradients into a broadcast
+    constant, and XLA:CPU in jaxlib 0.10.2 to 0.12.0.1 miscompiles a ``dot`` whose right operand
+    is a broadcast scalar when a YNNPACK fusion takes it together with a reduction: the
+    jit-compiled NTK with ``output="sum"`` took that bias's Gram block ``ones @ ones.T`` as 1
+    instead of K. ``1 + 0 * a`` is the same ones but not a constant to XLA (IEEE ``0 * inf`` is
+    NaN, so ``0 * a`` is not folded for floats). ``bench/xla_ynn_bug.py`` is the minimal
+    reproduction.
+    """
+    return 1 + 0 * lax.stop_gradient(a)
+
+
+def check_decomposable(specs: dict, params, which: str,
+                       fix: str = "use implementation='jacobian' or 'per_sample'") -> None:
+    """Raises ``ValueError`` (ending in ``fix``) unless the taps give the per-sample gradient of
+    every parameter that ``which`` selects: each belongs to a tapped ``nn.Conv``/``nn.Dense``
+    layer whose kernel and bias reach its convolution or matmul unchanged
+    (``LayerSpec.direct``)."""
+    name = lambda p: "/".join(map(str, p))  # noqa: E731
+    bad = [name(p) for p, s in specs.items() if not s.direct]
+    if bad:
+        raise ValueError(f"the decomposition cannot take per-sample gradients of layer(s) "
+                         f"{', '.join(bad)}: the kernel or bias is transformed before the "
+                         f"convolution/matmul uses it (a mask, weight standardisation, a "
+                         f"parameter used twice); {fix}")
+    covered = {p + (leaf,) for p, s in specs.items()
+               for leaf in (("kernel", "bias") if s.use_bias else ("kernel",))}
+    selected = [p for p, keep in zip(leaf_paths(params),
+                                     jax.tree.leaves(param_mask(params, which))) if keep]
+    missing = [name(p) for p in selected if p not in covered]
+    if missing:
+        more = f" and {len(missing) - 5} more" if len(missing) > 5 else ""
+        raise ValueError(f"the decomposition taps nn.Conv and nn.Dense layers only; "
+                         f"params={which!r} also selects {', '.join(missing[:5])}{more}; {fix}")
 
 
 def _decomposition_gram(net: Net, params, x, y, *, output, which, scan_offsets=False):
@@ -379,6 +413,7 @@ def _decomposition_gram(net: Net, params, x, y, *, output, which, scan_offsets=F
         raise ValueError("the decomposition covers Conv/Dense layers only: params='layers' or "
                          "'kernels'")
     specs, dy0 = net.layers(params, x)
+    check_decomposable(specs, params, which)
     logits, pull, (taps, _) = net_vjp(net, params, x, dy0)
     deltas = jax.vmap(lambda c: pull(c, ("dy",))["dy"])(output_cotangents(logits, y, output))
     return gram_from_taps(specs, taps.inputs, deltas, biases=which == "layers",

@@ -463,3 +463,60 @@ def test_overflowing_network_gives_nan_and_a_warning():
     with pytest.warns(RuntimeWarning, match="non-finite.*recorded as NaN"):
         r = metrics.metrics_fn(net, ["ntk_trace", "ntk_cond"])(params, Batch(x, y))
     assert np.isnan(r["ntk_trace"]) and np.isnan(r["ntk_cond"])
+
+
+# ----------------------------------------------------------------------------- transformed kernels
+
+class StdConv(nn.Conv):
+    """Weight-standardised convolution, as in google-research/vision_transformer."""
+
+    def param(self, name, *args, **kwargs):
+        p = super().param(name, *args, **kwargs)
+        if name == "kernel":
+            p = p - p.mean(axis=(0, 1, 2), keepdims=True)
+            p = p / (p.std(axis=(0, 1, 2), keepdims=True) + 1e-5)
+        return p
+
+
+class NetTransformed(nn.Module):
+    """A masked nn.Conv, a weight-standardised one, a plain one, BN, a Dense head."""
+
+    @nn.compact
+    def __call__(self, x):
+        mask = (np.arange(3 * 3 * 3 * 6).reshape(3, 3, 3, 6) % 3 != 0).astype(np.float32)
+        x = jnn.relu(self, nn.Conv(6, (3, 3), mask=mask)(x))
+        x = jnn.relu(self, nn.BatchNorm(use_running_average=False)(StdConv(6, (3, 3))(x)))
+        x = jnn.relu(self, nn.Conv(4, (3, 3), strides=2)(x))
+        return nn.Dense(3)(x.mean((1, 2)))
+
+
+def test_metrics_do_not_change_with_company_on_transformed_kernels():
+    """Issue 33: a tapped pass (fisher, naswot, the NTK) computed grad_norm and snip from the
+    gradient of the *transformed* kernel of a masked or weight-standardised convolution. Every
+    metric alone equals every metric together; grad_norm and snip equal float64 jax.grad of the
+    parameters; the decomposition NTK refuses such layers by name."""
+    x, y = data()
+    net = from_flax(NetTransformed())
+    params = net.init(jax.random.key(0), x[:1])
+    b = Batch(x, y)
+    names = [n for n in ALL if not n.startswith("ntk")]
+    together = metrics.metrics_fn(net, names)(params, b)
+    for name in names:
+        alone = metrics.metrics_fn(net, [name])(params, b)[name]
+        assert alone == pytest.approx(together[name], rel=1e-6, abs=0), name
+    with jax.enable_x64(True):
+        p64 = to64(params)
+        kernels, merge = ntk.split_params(p64, ntk.param_mask(p64, "kernels"))
+        g = jax.grad(lambda k: cross_entropy(net.apply(merge(k), jnp.asarray(x, jnp.float64)),
+                                             y))(kernels)
+        grad_norm = sum(float(jnp.sqrt((gi ** 2).sum())) for gi in g)
+        snip = sum(float(jnp.abs(k * gi).sum()) for k, gi in zip(kernels, g))
+    assert together["grad_norm"] == pytest.approx(grad_norm, rel=1e-5)
+    assert together["snip"] == pytest.approx(snip, rel=1e-5)
+    specs, _ = net.layers(params, x)
+    assert {"/".join(p) for p, s in specs.items() if not s.direct} == {"Conv_0", "StdConv_0"}
+    for name in ("ntk_trace", "ntk_cond"):
+        with pytest.raises(ValueError, match="Conv_0, StdConv_0.*implementation='jacobian'"):
+            metrics.metrics_fn(net, ["snip", name])(params, b)
+    with pytest.raises(ValueError, match="Conv_0, StdConv_0: the kernel or bias is transformed"):
+        ntk.empirical_ntk_fn(net)(params, x, y)
