@@ -1,6 +1,6 @@
 """Rank correlation of the training-free metrics with NAS-Bench-201 accuracy on a fixed sample.
 
-Protocol (the official one, REFERENCE §2): NB201 network with 5 cells per stage, C = 16, the
+Protocol (the official zero-cost / HNAS one): NB201 network with 5 cells per stage, C = 16, the
 'hnas' preset (the official zero-cost/HNAS PyTorch network), PyTorch-default init with key
 fold_in(init_key(seed), nb201_index), train-mode BatchNorm, one fixed batch of the first 64
 embedded CIFAR-10 training images (true labels, CIFAR normalisation), float32 (synflow float64).
@@ -31,6 +31,8 @@ from pathlib import Path
 
 import numpy as np
 
+from jhnas.results import read_rows
+
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "results"
 DATA = ROOT.parent / "shared" / "data"
@@ -40,7 +42,7 @@ ALL = ["ntk_trace", "ntk_cond", "grad_norm", "snip", "grasp", "fisher", "synflow
 # zico costs a third compile of the loss gradient; the 200-arch run leaves it out (issue 4's
 # full-space table has it)
 DEFAULT = [m for m in ALL if m != "zico"]
-# Abdelfattah et al. 2021, all 15,625 archs, batch 64, CIFAR-10 (REFERENCE §4).
+# Abdelfattah et al. 2021, all 15,625 archs, batch 64, CIFAR-10 (their published table).
 PUBLISHED = {"grad_norm": 0.59, "snip": 0.60, "grasp": 0.51, "fisher": 0.36, "synflow": 0.74,
              "jacob_cov": 0.73}
 # metrics where a smaller value predicts a better architecture
@@ -96,12 +98,11 @@ def load_scores(seed: int) -> dict[str, dict[str, float]]:
     tagged = sorted(set(glob.glob(str(RESULTS / f"{stem}.*.shard*.csv"))) - set(untagged))
     for f in untagged + tagged:
         tag = Path(f).name.split(".")[1] if f in tagged else ""
-        with open(f) as fh:
-            for r in csv.DictReader(fh):
-                row = rows.setdefault(r["arch"], {})
-                for k, v in r.items():
-                    if k != "arch":
-                        row[f"seconds_{tag}" if tag and k == "seconds" else k] = float(v)
+        for r in read_rows(f):
+            row = rows.setdefault(r["arch"], {})
+            for k, v in r.items():
+                if k != "arch":
+                    row[f"seconds_{tag}" if tag and k == "seconds" else k] = float(v)
     return rows
 
 

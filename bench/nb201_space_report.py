@@ -9,7 +9,8 @@ are also in the metric's top q%, q = 1, 5) over all architectures whose isomorph
 value (`jhnas.correlation`); the metric-vs-metric Spearman matrix; and, where ../shared/data is
 present, the per-architecture rank agreement of each metric with its NAS-Bench-Suite-Zero twin
 (Spearman over the architectures both cover); and the comparison with the published
-Spearman rho of Abdelfattah et al. 2021 (REFERENCE.md section 4) on both our CIFAR-10 target
+Spearman rho of Abdelfattah et al. 2021 ("Zero-Cost Proxies for Lightweight NAS", all 15,625
+architectures) on both our CIFAR-10 target
 (200-epoch test accuracy) and NAS-Bench-201 v1.0's `cifar10-valid` validation accuracy
 (`valid_top1` of the nas-without-training table).
 """

@@ -2,6 +2,7 @@
 
   python bench/score_space.py --metrics ntk_trace,ntk_cond --shard 0/2   # one process per core
   python bench/score_space.py --metrics ntk_trace,ntk_cond --shard 1/2
+  python bench/score_space.py --set dead --metrics ntk_trace,ntk_cond --shard 0/2
 
 The 6,466 classes are those of :func:`jhnas.spaces.nb201.canonical` (NATS-Bench's unique
 strings); each class is represented by its lowest NB201 index. Chunk k holds representatives
@@ -10,6 +11,12 @@ same scorer as ``jhnas score`` (same protocol as bench/nb201_correlation.py, see
 n takes chunks i, i+n, ...; ``--chunks 21,23,40`` names the chunks explicitly instead (to
 rebalance the cores when one shard is ahead). Rerunning resumes. Finished chunks are committed as
 they complete.
+
+``--set dead`` scores instead the 5,858 architectures that have dead edges
+(:func:`jhnas.spaces.nb201.dead_edges`) and are not their class's representative, in NB201 index
+order, into ``bench/results/nb201_space/dead_edges/<metrics>/``: their own networks differ from
+the representative's (the dead edges' parameters), and ``make_metric_table.py`` ships their own
+values beside the class values.
 """
 from __future__ import annotations
 
@@ -30,17 +37,27 @@ def representatives() -> list[str]:
     return list(seen.values())
 
 
+def dead_edge_archs() -> list[str]:
+    """Architectures with dead edges that are not their isomorphism class's representative."""
+    classes = nb201.class_index()
+    return [a for i, a in enumerate(nb201.all_archs())
+            if classes[i] != i and nb201.dead_edges(a)]
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--metrics", default="ntk_trace,ntk_cond")
     p.add_argument("--shard", default="0/1")
     p.add_argument("--chunks", help="comma-separated chunk indices; overrides --shard")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--set", choices=["classes", "dead"], default="classes",
+                   help="one architecture per class (default), or the dead-edge architectures "
+                        "that are not their class's representative")
     args = p.parse_args()
     i, n = map(int, args.shard.split("/"))
     names = args.metrics.split(",")
-    reps = representatives()
-    folder = OUT / "_".join(names)
+    reps = representatives() if args.set == "classes" else dead_edge_archs()
+    folder = (OUT if args.set == "classes" else OUT / "dead_edges") / "_".join(names)
     folder.mkdir(parents=True, exist_ok=True)
     batch = data.default_batch(64)
     n_chunks = -(-len(reps) // CHUNK)

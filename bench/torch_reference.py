@@ -10,7 +10,7 @@
   python bench/torch_reference.py report                   # rewrite the .md from the .json
 
 The reference is written the way the official HNAS / zero-cost-proxy code computes the metrics
-(REFERENCE.md section 2), not the way jhnas does:
+(the official zero-cost / HNAS code), not the way jhnas does:
 
 * the NB201 network as a ``torch.nn.Module`` (preset "hnas": cell convs with bias, non-affine cell
   BatchNorm without running statistics; affine BatchNorm elsewhere), in train mode;

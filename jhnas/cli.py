@@ -4,18 +4,22 @@
                --dataset cifar10 --out results.json
   jhnas search --space {nb201,darts} --signal train [--preset cpu|paper] [--data-dir DIR]
                [--pool N] --budget 5 --seeds 1 --out results.json
-  jhnas score --space nb201 (--archs FILE | --sample N) --metrics a,b,... [--batch FILE.npz]
-              [--batch-size 64] [--cells 5] [--compile blocks|network] [--seed S]
-              [--compile-cache DIR|none] --out FILE.csv
+  jhnas score --space nb201 (--archs FILE | --sample N) [--metrics ntk_trace,ntk_cond]
+              [--batch FILE.npz] [--batch-size 64] [--cells 5] [--compile blocks|network]
+              [--seed S] [--compile-cache DIR|none] [--quiet] --out FILE.csv
   jhnas theory [--arch ARCH|mlp] [--seed S] [--batch FILE.npz] [--batch-size 8]
 
-Bad input (architecture string, path, metric name) ends with a one-line error and exit code 2.
+Every input is checked before any work: bad input (architecture string, path, metric name, label,
+a results file made with other options) ends with a one-line error and exit code 2. Progress goes
+to standard error: a bar on a terminal, a line per step when redirected.
 """
 from __future__ import annotations
 
 import argparse
 import functools
+import os
 import sys
+import tempfile
 from pathlib import Path
 
 from jhnas.spaces.nb201 import ArchError
@@ -23,6 +27,58 @@ from jhnas.spaces.nb201 import ArchError
 
 class UsageError(Exception):
     """An error in the user's input, reported in one line."""
+
+
+def _output(path: str, flag: str) -> Path:
+    """The output file of ``flag``, checked before any work: its folder exists and takes a new
+    file, and it is not itself a folder."""
+    p = Path(path)
+    for q in (p.parent, *p.parent.parents):
+        if q.exists() and not q.is_dir():
+            raise UsageError(f"{flag} {path}: {q} is a file, not a folder")
+    if not p.parent.exists():
+        raise UsageError(f"{flag} {path}: folder {p.parent} does not exist")
+    if p.is_dir():
+        raise UsageError(f"{flag} {path} is a folder: name a file in it")
+    try:  # the only reliable test (root, ACLs, read-only mounts): write a file there
+        with tempfile.NamedTemporaryFile(dir=p.parent, prefix=f".{p.name}.", suffix=".check"):
+            pass
+        if p.exists() and not os.access(p, os.W_OK):
+            raise PermissionError
+    except OSError:
+        raise UsageError(f"{flag} {path}: cannot write there (permission denied)") from None
+    return p
+
+
+def _batch(args, num_classes: int | None = 10):
+    """The batch of ``--batch``/``--batch-size``, its labels checked against ``num_classes``."""
+    from jhnas import data
+
+    if args.batch_size < 1:
+        raise UsageError(f"--batch-size must be >= 1, got {args.batch_size}")
+    if not args.batch:
+        n = len(data.default_images()[1])
+        if args.batch_size > n:
+            raise UsageError(f"--batch-size {args.batch_size}: the embedded set has {n} images; "
+                             f"pass more with --batch FILE.npz")
+        return data.default_batch(args.batch_size)
+    if not Path(args.batch).is_file():
+        raise UsageError(f"--batch: no such file {args.batch}")
+    try:
+        batch = data.load_batch(args.batch)
+    except ValueError as e:
+        raise UsageError(f"--batch: {e}") from None
+    if len(batch.y) < args.batch_size:
+        raise UsageError(f"--batch {args.batch} has {len(batch.y)} samples, fewer than "
+                         f"--batch-size {args.batch_size}")
+    batch = data.Batch(batch.x[: args.batch_size], batch.y[: args.batch_size])
+    if num_classes is None:
+        return batch
+    try:
+        data.check_labels(batch.y, num_classes, f"--batch {args.batch}")
+    except ValueError as e:
+        raise UsageError(str(e)) from None
+    return batch
 
 
 def _read_archs(path: str) -> list[str]:
@@ -48,7 +104,7 @@ def _read_archs(path: str) -> list[str]:
 
 
 def _score(args) -> None:
-    from jhnas import data, score
+    from jhnas import score
     from jhnas.metrics import METRICS
     from jhnas.spaces import nb201
 
@@ -63,41 +119,30 @@ def _score(args) -> None:
         if not 1 <= args.sample <= nb201.NUM_ARCHS:
             raise UsageError(f"--sample must be in 1..{nb201.NUM_ARCHS}, got {args.sample}")
         archs = nb201.sample(score.keys(args.seed)[0], args.sample)
-    if args.batch:
-        if not Path(args.batch).is_file():
-            raise UsageError(f"--batch: no such file {args.batch}")
-        batch = data.load_batch(args.batch)
-        if len(batch.y) < args.batch_size:
-            raise UsageError(f"--batch {args.batch} has {len(batch.y)} samples, fewer than "
-                             f"--batch-size {args.batch_size}")
-        batch = data.Batch(batch.x[: args.batch_size], batch.y[: args.batch_size])
-    else:
-        batch = data.default_batch(args.batch_size)
-    out = Path(args.out)
-    if not out.parent.exists():
-        raise UsageError(f"--out: folder {out.parent} does not exist")
+    batch = _batch(args)
+    out = _output(args.out, "--out")
     if args.cells < 1:
         raise UsageError(f"--cells must be >= 1, got {args.cells}")
     if args.compile_cache != "none":
-        score.enable_compile_cache(args.compile_cache)
+        try:
+            score.enable_compile_cache(args.compile_cache)
+        except OSError as e:
+            raise UsageError(f"--compile-cache: {e}") from None
     table = score.score_archs(archs, names, batch, str(out), seed=args.seed, cells=args.cells,
                               preset=args.preset, compile=args.compile,
                               progress=not args.quiet)
-    print(f"{len(table.rows)} architectures in {out}", file=sys.stderr)
+    n = len(table.rows)
+    print(f"{n} architecture{'s' if n != 1 else ''} in {out}", file=sys.stderr)
 
 
 def _search(args) -> None:
-    import json
-
     from jhnas import hnas
 
     if args.budget < 1:
         raise UsageError(f"--budget must be >= 1, got {args.budget}")
     if args.seeds < 1:
         raise UsageError(f"--seeds must be >= 1, got {args.seeds}")
-    out = Path(args.out)
-    if not out.parent.exists():
-        raise UsageError(f"--out: folder {out.parent} does not exist")
+    out = _output(args.out, "--out")
     if args.space == "darts" and args.signal != "train":
         raise UsageError("--space darts has no benchmark table: use --signal train")
     if args.data_dir is not None and not Path(args.data_dir).is_dir():
@@ -127,20 +172,36 @@ def _search(args) -> None:
         res = hnas.run_nb201(args.method, args.metric, args.dataset, budget=args.budget,
                              seeds=seeds, config=config, progress=not args.quiet,
                              signal=signal, signal_name=name if signal else None)
-    tmp = out.with_name(out.name + ".tmp")
-    tmp.write_text(json.dumps(res, indent=1))
-    tmp.replace(out)  # atomic: a crash never leaves a half-written results file
+    _write_json(out, res)
     m, s = res["mean"], res["std"]
+    runs = f"{args.budget} evaluations, {args.seeds} seed{'s' if args.seeds != 1 else ''}"
     if args.space == "darts":
-        print(f"hnas on DARTS ({args.budget} evaluations, {args.seeds} seeds): signal "
-              f"{m['signal']:.2f}+-{s['signal']:.2f}, cost {m['cost']:.0f} s -> {out}",
-              file=sys.stderr)
+        print(f"{args.method} on DARTS ({runs}): signal {m['signal']:.2f}+-{s['signal']:.2f} "
+              f"(held-out accuracy after the short training), training cost {m['cost']:.0f} s "
+              f"-> {out}", file=sys.stderr)
         return
-    print(f"{args.method} ({args.metric}, {args.dataset} signal, {args.budget} evaluations, "
-          f"{args.seeds} seeds): test200 " + " / ".join(
-              f"{m['test200_' + d]:.2f}+-{s['test200_' + d]:.2f}"
-              for d in ("cifar10", "cifar100", "ImageNet16-120"))
-          + f", cost {m['cost']:.0f} s -> {out}", file=sys.stderr)
+    signal = ("short-training accuracy" if args.signal == "train"
+              else f"{args.dataset} 12-epoch validation accuracy")
+    cost = "training seconds" if args.signal == "train" else "simulated 12-epoch training cost"
+    print(f"{args.method} ({args.metric} as M, signal: {signal}; {runs}): mean 200-epoch test "
+          f"accuracy of the found architectures " + ", ".join(
+              f"{name} {m['test200_' + d]:.2f}+-{s['test200_' + d]:.2f}"
+              for d, name in (("cifar10", "CIFAR-10"), ("cifar100", "CIFAR-100"),
+                              ("ImageNet16-120", "ImageNet16-120")))
+          + f"; {cost} {m['cost']:.0f} s -> {out}", file=sys.stderr)
+
+
+def _write_json(path: Path, obj) -> None:
+    """Writes ``obj`` to ``path`` atomically (a crash never leaves half a file; concurrent
+    writers each replace the file whole)."""
+    import json
+
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        tmp.write_text(json.dumps(obj, indent=1))
+        tmp.replace(path)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def _search_darts(args, config, preset, tr, va, classes, seeds, signal_name) -> dict:
@@ -149,6 +210,7 @@ def _search_darts(args, config, preset, tr, va, classes, seeds, signal_name) -> 
     import jax
 
     from jhnas import baselines, hnas, train
+    from jhnas.progress import bar, counted
 
     if args.method not in ("hnas", "random", "argmax_metric", "argmin_kappa", "metric_order"):
         raise UsageError(f"--method {args.method} is not available on --space darts")
@@ -163,7 +225,10 @@ def _search_darts(args, config, preset, tr, va, classes, seeds, signal_name) -> 
     fn = {"hnas": hnas.search, "random": baselines.random_search,
           "argmax_metric": baselines.argmax_metric, "argmin_kappa": baselines.argmin_kappa,
           "metric_order": baselines.metric_order}[args.method]
-    states = [fn(jax.random.key(s), problem, config) for s in seeds]
+    evals = bar(enabled=not args.quiet, total=config.budget * len(seeds),
+                desc=f"{args.method} evaluations", unit="eval")
+    signal = counted(problem.signal, evals, lambda r: f"signal {r[0]:.2f} after {r[1]:.0f} s")
+    states = [fn(jax.random.key(s), problem._replace(signal=signal), config) for s in seeds]
     res = hnas.summarize(states, problem)
     for run, s, st in zip(res["runs"], seeds, states):
         run["seed"], run["history"] = s, [r._asdict() for r in st.history]
@@ -206,7 +271,7 @@ def _theory(args) -> int:
     import jax.numpy as jnp
     import numpy as np
 
-    from jhnas import data, theory
+    from jhnas import theory
     from jhnas.spaces import nb201
 
     for name in ("batch_size", "image_size", "channels", "cells", "width", "steps"):
@@ -215,15 +280,7 @@ def _theory(args) -> int:
     if 32 % args.image_size:
         raise UsageError(f"--image-size must divide 32 (images are subsampled), got "
                          f"{args.image_size}")
-    if args.batch:
-        if not Path(args.batch).is_file():
-            raise UsageError(f"--batch: no such file {args.batch}")
-        batch = data.load_batch(args.batch)
-        if len(batch.y) < args.batch_size:
-            raise UsageError(f"--batch {args.batch} has {len(batch.y)} samples, fewer than "
-                             f"--batch-size {args.batch_size}")
-    else:
-        batch = data.default_batch(args.batch_size)
+    batch = _batch(args, num_classes=None)  # the theory network has max(10, labels) outputs
     step = max(batch.x.shape[1] // args.image_size, 1)
     x = np.asarray(batch.x[: args.batch_size, ::step, ::step], np.float32)
     y = np.asarray(batch.y[: args.batch_size], np.int32)
@@ -339,7 +396,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         rc = args.func(args)
-    except (UsageError, ArchError, FileNotFoundError, ValueError) as e:
+    except (UsageError, ArchError, ValueError, OSError) as e:
         print(f"jhnas: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -23,6 +23,8 @@ import pickle
 import pickletools
 import tempfile
 import warnings
+import zipfile
+import zlib
 from collections.abc import Sequence
 from importlib import resources
 from pathlib import Path
@@ -346,6 +348,18 @@ def _check(where: str, x: np.ndarray, y: np.ndarray) -> None:
         raise ValueError(f"{where}: x has non-finite values (NaN or inf)")
 
 
+def check_labels(y, num_classes: int, where: str = "labels") -> None:
+    """``ValueError`` naming ``where`` unless every label is an integer in ``[0, num_classes)``:
+    a label out of range would silently select nothing (a zero one-hot row)."""
+    y = np.asarray(y)
+    if not np.issubdtype(y.dtype, np.integer):
+        raise ValueError(f"{where}: labels must be integers, got {y.dtype}")
+    bad = y[(y < 0) | (y >= num_classes)]
+    if bad.size:
+        raise ValueError(f"{where}: {bad.size} label(s) outside 0..{num_classes - 1} (e.g. "
+                         f"{int(bad[0])}) for a network with {num_classes} outputs")
+
+
 def save_batch(path: str | os.PathLike, batch: Batch) -> None:
     """Writes ``batch`` (x NHWC in memory) to ``path`` as .npz: ``x`` float32 [N, 3, H, W] (NCHW)
     and ``y`` int64 [N]. Validated first; written to a temporary file in the same folder and
@@ -372,17 +386,22 @@ def load_batch(path: str | os.PathLike) -> Batch:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"batch file {path} does not exist")
-    try:
-        d = np.load(path, allow_pickle=False)
-    except (OSError, ValueError, EOFError) as e:
-        raise ValueError(f"{path} is not an .npz batch file: {e}") from None
-    if not isinstance(d, np.lib.npyio.NpzFile):
+    with open(path, "rb") as f:
+        magic = f.read(6)
+    if magic.startswith(b"\x93NUMPY"):
         raise ValueError(f"{path} is not an .npz batch file: it holds a single array (.npy)")
-    with d:
-        missing = [k for k in ("x", "y") if k not in d.files]
-        if missing:
-            raise ValueError(f"{path}: missing array(s) {', '.join(missing)} (a batch file holds "
-                             f"x [N, 3, H, W] and y [N]; found {', '.join(d.files) or 'none'})")
-        x, y = d["x"], d["y"]
+    if not magic.startswith(b"PK"):
+        raise ValueError(f"{path} is not an .npz batch file (a zip archive made by numpy.savez or "
+                         f"jhnas.data.save_batch); it starts with {magic!r}")
+    try:
+        with np.load(path, allow_pickle=False) as d:
+            missing = [k for k in ("x", "y") if k not in d.files]
+            if missing:
+                raise ValueError(f"{path}: missing array(s) {', '.join(missing)} (a batch file "
+                                 f"holds x [N, 3, H, W] and y [N]; found "
+                                 f"{', '.join(d.files) or 'none'})")
+            x, y = d["x"], d["y"]
+    except (OSError, EOFError, zipfile.BadZipFile, zlib.error) as e:
+        raise ValueError(f"{path} is not a complete .npz batch file ({e}); write it again") from None
     _check(str(path), x, y)
     return Batch(np.ascontiguousarray(to_nhwc(x.astype(np.float32))), y.astype(np.int32))

@@ -54,9 +54,9 @@ from typing import Callable, NamedTuple, Sequence
 
 import jax
 import numpy as np
-from tqdm.auto import tqdm
 
 from jhnas import gp
+from jhnas.progress import bar, counted
 
 Signal = Callable[[jax.Array, int], tuple[float, float]]
 
@@ -90,7 +90,7 @@ class Problem(NamedTuple):
 
 
 class Config(NamedTuple):
-    """HNAS settings; the defaults are the official NB201 run (REFERENCE §3)."""
+    """HNAS settings; the defaults are the official NB201 run (shuyao95/HNAS)."""
 
     budget: int = 20
     s: float = 5e3
@@ -276,7 +276,7 @@ def search(key: jax.Array, problem: Problem, config: Config = Config(), *,
     _check(config)
     _check_neighbours(config, problem)  # before any (possibly costly) evaluation
     state = init(problem)
-    for i in tqdm(range(config.budget), desc="hnas", disable=not progress, leave=False):
+    for i in bar(range(config.budget), enabled=progress, desc="hnas", unit="eval", leave=False):
         state = step(jax.random.fold_in(key, i), state, problem, config)
     return state
 
@@ -349,8 +349,12 @@ def run_nb201(method: str = "hnas", metric: str = "ntk_trace", dataset: str = "c
     if method not in METHODS:
         raise ValueError(f"method must be one of {', '.join(METHODS)}, got {method!r}")
     problem = nb201_problem(metric, dataset)
-    if signal is not None:  # e.g. a short training (jhnas.train.nb201_signal)
-        problem = problem._replace(signal=signal)
+    seeds = list(seeds)
+    if signal is not None:  # e.g. a short training (jhnas.train.nb201_signal): slow
+        evals = bar(enabled=progress, total=budget * len(seeds), desc=f"{method} evaluations",
+                    unit="eval")
+        problem = problem._replace(signal=counted(
+            signal, evals, lambda r: f"signal {r[0]:.2f} after {r[1]:.0f} s"))
     config = (config or Config())._replace(budget=budget)
     if metric != "ntk_trace" and config.s == Config().s:
         config = config._replace(s=default_scale(problem, metric))
@@ -362,8 +366,8 @@ def run_nb201(method: str = "hnas", metric: str = "ntk_trace", dataset: str = "c
           "argmax_metric": lambda k: baselines.argmax_metric(k, problem, config),
           "argmin_kappa": lambda k: baselines.argmin_kappa(k, problem, config),
           "metric_order": lambda k: baselines.metric_order(k, problem, config)}[method]
-    seeds = list(seeds)
-    states = [fn(jax.random.key(s)) for s in tqdm(seeds, desc=method, disable=not progress)]
+    states = [fn(jax.random.key(s)) for s in bar(seeds, enabled=progress and signal is None,
+                                                   desc=method, unit="seed")]
     out = summarize(states, problem)
     for run, s, st in zip(out["runs"], seeds, states):
         run["seed"] = s

@@ -8,9 +8,9 @@ in :data:`METRICS`. To compute several at once, sharing passes, use :func:`metri
   >>> fn(params, batch, key)                                    # doctest: +SKIP
   {'ntk_trace': 12.3, 'ntk_cond': 45.6, 'snip': 7.8}
 
-Protocol (REFERENCE §2): BatchNorm as the net was built (``from_flax(..., bn="train")``: batch
-statistics), loss L = mean cross-entropy with the true labels, only Conv/Dense layers count,
-per-layer arrays summed to one scalar. With W the kernels of the Conv/Dense layers:
+Protocol (the official zero-cost / HNAS code): BatchNorm as the net was built
+(``from_flax(..., bn="train")``: batch statistics), loss L = mean cross-entropy with the true
+labels, only Conv/Dense layers count, per-layer arrays summed to one scalar. With W the kernels of the Conv/Dense layers:
 
 =========== ===============================================================================
 grad_norm   sum over layers of ||dL/dW_l||_F
@@ -49,6 +49,7 @@ import numpy as np
 import optax
 
 from jhnas import ntk as ntk_lib
+from jhnas.data import check_labels
 from jhnas.net import Net, from_apply
 from jhnas.net import vjp as net_vjp
 
@@ -279,9 +280,12 @@ def metrics_fn(f: Net | Callable, names: Sequence[str], *, zico_splits: int = 2
 
     def fn(params, batch, key=None):
         del key  # the built-in metrics are deterministic
-        x, y = jnp.asarray(batch.x), jnp.asarray(batch.y, jnp.int32)
+        x = jnp.asarray(batch.x)
         if "zico" in passes and x.shape[0] < zico_splits:
             raise ValueError(f"zico needs a batch of at least {zico_splits} samples")
+        if passes - {"synflow"}:  # all but synflow use the labels
+            check_labels(batch.y, jax.eval_shape(net.apply, params, x[:1]).shape[-1], "batch.y")
+        y = jnp.asarray(batch.y, jnp.int32)
         res = jax.device_get(device(params, x, y)) if passes - {"synflow"} else {}
         if synflow is not None:
             with jax.enable_x64(True):

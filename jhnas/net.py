@@ -268,7 +268,8 @@ def _flat(tree, leaf_name: str) -> dict[Path, Any]:
     return {k[:-1]: v for k, v in flat.items() if k[-1] == leaf_name}
 
 
-def from_flax(module: nn.Module, *, bn: str = "train", state: Mapping | None = None) -> Net:
+def from_flax(module: nn.Module, *, bn: str = "train", state: Mapping | None = None,
+              rngs: Mapping[str, jax.Array] | None = None) -> Net:
     """Builds a :class:`Net` from a Flax module whose ``__call__(x)`` returns logits.
 
     Args:
@@ -278,10 +279,15 @@ def from_flax(module: nn.Module, *, bn: str = "train", state: Mapping | None = N
       bn: ``"train"`` (batch statistics, the official protocol), ``"eval"`` (running statistics
         from ``state``, or the fresh-init statistics mean 0 / var 1 if absent) or ``"none"``.
       state: other variable collections (e.g. ``{"batch_stats": ...}``).
+      rngs: keys of the module's random streams for every call, e.g. ``{"dropout": key}`` for
+        ``nn.Dropout`` in training mode: the same masks on every call, so the metrics and the NTK
+        stay functions of the parameters and the batch (the masks depend on the batch's shape:
+        ``implementation="per_sample"`` draws other masks than the batched passes).
     """
     if bn not in BN_MODES:
         raise ValueError(f"bn must be one of {BN_MODES}, got {bn!r}")
     state = {k: v for k, v in dict(state or {}).items() if k != "params"}
+    rngs = dict(rngs or {})
 
     def run(params, x, *, mode=bn, tap=False, dy=None, mutable=(), specs=None):
         variables = {"params": params, **state}
@@ -291,7 +297,7 @@ def from_flax(module: nn.Module, *, bn: str = "train", state: Mapping | None = N
         # batch_stats is always mutable: train mode updates it, eval mode without `state`
         # initialises it to the fresh statistics; either way the update is discarded.
         with nn.intercept_methods(_interceptor(mode, tap, specs)):
-            return module.apply(variables, x, mutable=["batch_stats", *mutable])
+            return module.apply(variables, x, mutable=["batch_stats", *mutable], rngs=rngs)
 
     def apply(params, x):
         return run(params, x)[0]

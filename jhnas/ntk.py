@@ -62,6 +62,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
+from jhnas.data import check_labels
 from jhnas.net import LayerSpec, Net, from_apply, leaf_paths
 from jhnas.net import vjp as net_vjp
 from jhnas.nn import chunked_conv
@@ -360,7 +361,11 @@ def output_cotangents(logits: jax.Array, y: jax.Array | None, output: str) -> ja
     if output == "label":
         if y is None:
             raise ValueError("output='label' needs the labels y")
-        return jax.nn.one_hot(y, k, dtype=logits.dtype)[None]
+        if not isinstance(y, jax.core.Tracer):
+            check_labels(y, k)
+        # under a trace only the values know: a label out of range gives rows of NaN
+        valid = ((y >= 0) & (y < k))[:, None]
+        return jnp.where(valid, jax.nn.one_hot(y, k, dtype=logits.dtype), jnp.nan)[None]
     if output == "sum":
         return ones_like(logits)[None]
     raise ValueError(f"output must be one of {OUTPUTS}, got {output!r}")

@@ -200,7 +200,8 @@ class Bound(NamedTuple):
     ``slack = rhs - lhs``, ``rel_slack = slack / max(|lhs|, |rhs|, scale)`` (see :func:`bound`;
     0 when all are 0; 1 when ``rhs`` is +inf and ``lhs`` finite). Fields are floats, or arrays
     over training steps (:class:`LinearTrainingCheck`). A row that does not apply (e.g. a
-    cross-entropy constant with another loss) has NaN sides and is skipped by :func:`holds`.
+    cross-entropy constant with another loss) has NaN sides, says why in ``note``, and is skipped
+    by :func:`holds`.
     """
 
     name: str
@@ -209,6 +210,7 @@ class Bound(NamedTuple):
     rhs: Any
     slack: Any
     rel_slack: Any
+    note: str = ""
 
 
 def bound(name: str, lhs, rhs, relation: str = "<=", scale=0.0) -> Bound:
@@ -227,8 +229,12 @@ def bound(name: str, lhs, rhs, relation: str = "<=", scale=0.0) -> Bound:
     return Bound(name, relation, out(lhs), out(rhs), out(slack), out(rel))
 
 
-def _skipped(name: str, relation: str = "<=") -> Bound:
-    return bound(name, np.nan, np.nan, relation)
+def _skipped(name: str, why: str, relation: str = "<=") -> Bound:
+    return bound(name, np.nan, np.nan, relation)._replace(note=why)
+
+
+_NOT_CE = "the loss is not the cross-entropy"
+_SINGULAR = "singular NTK (lambda_min <= 0)"
 
 
 def bounds(check) -> list[Bound]:
@@ -262,7 +268,7 @@ def worst(b: Bound) -> Bound:
     key = np.abs(rel) if b.relation == "==" else -rel
     key = np.where(np.isnan(key), -np.inf, key)
     i = int(np.argmax(key))
-    return Bound(b.name, b.relation, *(float(np.asarray(v)[i]) for v in b[2:]))
+    return Bound(b.name, b.relation, *(float(np.asarray(v)[i]) for v in b[2:6]), b.note)
 
 
 # ----------------------------------------------------------------------------- helpers
@@ -526,7 +532,7 @@ def check_grad_norm(f: Net | Callable, params, batch, *, loss: Loss | None = Non
         centred = bound("centred", gn, math.sqrt(lam_c) * nu / n)
         ce = bound("cross_entropy", gn, math.sqrt(2.0 * max(sp.trace, 0.0) / n))
     else:
-        centred, ce = _skipped("centred"), _skipped("cross_entropy")
+        centred, ce = _skipped("centred", _NOT_CE), _skipped("cross_entropy", _NOT_CE)
     return GradNormCheck(
         gn, off,
         bound("identity", gn ** 2, float(u @ gram @ u) / n ** 2, "==", lam_max * nu ** 2 / n ** 2),
@@ -558,7 +564,7 @@ def check_snip(f: Net | Callable, params, batch, *, loss: Loss | None = None,
     snip = sum(float(np.sum(np.abs(_host(a) * _host(b)))) for a, b in zip(th, g))
     inner, tn, gn, nu = _dot(th, g), _norm(th), _norm(g), float(np.linalg.norm(u))
     ce = (bound("cross_entropy", snip, math.sqrt(2.0) * tn * math.sqrt(max(sp.trace, 0.0) / n))
-          if loss is None else _skipped("cross_entropy"))
+          if loss is None else _skipped("cross_entropy", _NOT_CE))
     return SnipCheck(snip, bound("inner", abs(inner), snip),
                      bound("inner_identity", inner, float(_host(r["jtheta"]) @ u) / n, "==",
                            tn * math.sqrt(max(sp.lam_max, 0.0)) * nu / n),
@@ -603,9 +609,10 @@ def check_grasp(f: Net | Callable, params, batch, *, loss: Loss | None = None,
         hess = bound("hessian", abs(grasp), tn * h_norm * gn)
         hess_ntk = bound("hessian_ntk", abs(grasp), tn * h_norm * math.sqrt(lam_max) * nu / n)
     else:
-        h_norm, hess, hess_ntk = math.nan, _skipped("hessian"), _skipped("hessian_ntk")
+        why = f"{p} parameters, more than hessian_max={hessian_max}"
+        h_norm, hess, hess_ntk = math.nan, _skipped("hessian", why), _skipped("hessian_ntk", why)
     ce = (bound("cross_entropy", abs(grasp_gn), lam_max ** 1.5 * tn / (math.sqrt(2.0) * n ** 1.5))
-          if loss is None else _skipped("cross_entropy"))
+          if loss is None else _skipped("cross_entropy", _NOT_CE))
     return GraspCheck(
         grasp, grasp_gn, h_norm,
         bound("jg_identity", float(np.linalg.norm(jg)), float(np.linalg.norm(gram @ u)) / n, "==",
@@ -730,14 +737,15 @@ def check_linear_training(f: Net | Callable, params, batch, *, eta: float | None
             delta = delta - eta * (jac.T @ r) / n
         formula = bound("formula", np.array(sim), loss, "==", l0)
     else:
-        formula = _skipped("formula", "==")
+        formula = _skipped("formula", "simulate=None", "==")
     if eta <= n / sp.lam_max * (1 + 1e-12) and sp.lam_min > 0:
         m2, m, kap = sp.M ** 2, sp.size, sp.kappa
         lower_m = bound("lower_M", max(1.0 - eta * m * m2 / n, 0.0) ** (2 * t) * l0, lt)
         upper_m = bound("upper_M", lt, (1.0 - eta * m2 / (n * kap)) ** (2 * t) * l0)
         upper_e = bound("upper_exp", lt, np.exp(-2 * t * eta * m2 / (n * kap)) * l0)
     else:
-        lower_m, upper_m, upper_e = (_skipped(k) for k in ("lower_M", "upper_M", "upper_exp"))
+        why = ("needs eta <= n / lambda_max" if sp.lam_min > 0 else _SINGULAR)
+        lower_m, upper_m, upper_e = (_skipped(k, why) for k in ("lower_M", "upper_M", "upper_exp"))
     return LinearTrainingCheck(eta, loss, formula,
                                bound("lower", rho2.min() ** t * l0, lt),
                                bound("upper", lt, rho2.max() ** t * l0),
@@ -777,7 +785,7 @@ def check_generalization(f: Net | Callable, params, batch, *, output: str = "lab
     sp = spectrum(gram)
     if not sp.lam_min > 0:
         return GeneralizationCheck(math.inf, math.inf, *(
-            _skipped(k, "==" if k == "solve_identity" else "<=")
+            _skipped(k, _SINGULAR, "==" if k == "solve_identity" else "<=")
             for k in GeneralizationCheck._fields[2:]))
     r = f0 - targets
     n, m = int(np.shape(batch[1])[0]), sp.size
@@ -856,7 +864,8 @@ def check_objective(f: Net | Callable, params, batch, *, t: float = 0.5, c: floa
                 bound("distance_kappa_over_M", ratio, sp.kappa / sp.M),
                 bound("rate_M", 1 - eta * sp.lam_min / n, 1 - eta * sp.M ** 2 / (n * sp.kappa)))
     else:  # singular NTK: no interpolant, kappa infinite
-        rows = tuple(_skipped(k) for k in ("distance_sqrt", "distance_kappa_over_M", "rate_M"))
+        rows = tuple(_skipped(k, _SINGULAR)
+                     for k in ("distance_sqrt", "distance_kappa_over_M", "rate_M"))
     return ObjectiveCheck(
         terms, bound("identity", terms.objective, ref, "==", abs(ref)),
         bound("mean_below_max", sp.M ** 2, sp.lam_max),
@@ -882,13 +891,13 @@ def check_all(f: Net | Callable, params, batch, *, loss: Loss | None = None,
 def table(checks: dict[str, NamedTuple], tol: float = 1e-9) -> list[dict]:
     """Rows ``{statement, name, relation, lhs, rhs, slack, rel_slack, status}`` of
     :func:`check_all`'s result (array bounds at their worst step); status is ``ok``,
-    ``VIOLATED`` or ``skipped``."""
+    ``VIOLATED`` or ``skipped: <why>``."""
     rows = []
     for stmt, check in checks.items():
         for b in bounds(check):
             w = worst(b)
             if math.isnan(w.lhs) and math.isnan(w.rhs):
-                status = "skipped"
+                status = f"skipped: {b.note}" if b.note else "skipped"
             else:
                 status = "ok" if holds(b, tol) else "VIOLATED"
             rows.append({"statement": stmt, "name": w.name, "relation": w.relation,

@@ -34,9 +34,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-from tqdm.auto import tqdm
 
 from jhnas.net import bn_mode
+from jhnas.progress import bar
 
 Arrays = tuple[np.ndarray, np.ndarray]  # (x NHWC float32, y int32)
 
@@ -189,8 +189,8 @@ def train(key: jax.Array, module: nn.Module, train_data: Arrays, val_data: Array
     step, ev = make_step(module, tx, config), make_eval(module)
     hist = History()
     t0 = time.perf_counter()
-    bar = tqdm(total=steps * config.epochs, desc="training", unit="step", leave=False,
-               disable=not progress or None)
+    progress_bar = bar(enabled=progress, total=config.epochs, desc="training", unit="epoch",
+                       leave=False)
     for epoch in range(config.epochs):
         ek = jax.random.fold_in(data_key, epoch)
         order = np.asarray(jax.random.permutation(ek, len(y)))
@@ -200,14 +200,15 @@ def train(key: jax.Array, module: nn.Module, train_data: Arrays, val_data: Array
             state, loss, c = step(state, jax.random.fold_in(ek, i), jnp.asarray(x[idx]),
                                   jnp.asarray(y[idx]))
             loss_sum, correct = loss_sum + float(loss), correct + float(c)
-            bar.update()
         val = evaluate(module, state, val_data, _fn=ev) if val_data is not None else (np.nan,
                                                                                        np.nan)
         hist = History(hist.train_loss + (loss_sum / steps,),
                        hist.train_acc + (100.0 * correct / (steps * config.batch_size),),
                        hist.val_loss + (val[0],), hist.val_acc + (val[1],), 0.0)
-        bar.set_postfix_str(f"loss {loss_sum / steps:.3f} val {val[1]:.1f}%")
-    bar.close()
+        progress_bar.set_postfix_str(f"loss {loss_sum / steps:.3f} val {val[1]:.1f}%",
+                                     refresh=False)
+        progress_bar.update()
+    progress_bar.close()
     return state, hist._replace(seconds=time.perf_counter() - t0)
 
 
@@ -286,8 +287,7 @@ def darts_problem(key: jax.Array, pool: int, preset: Preset, train_data: Arrays,
     genotypes = [darts.sample(jax.random.fold_in(key, i)) for i in range(pool)]
     batch = data.Batch(train_data[0][:score_batch], train_data[1][:score_batch])
     m, k = np.full(pool, np.nan), np.full(pool, np.nan)
-    for i, g in enumerate(tqdm(genotypes, desc="scoring pool", unit="arch",
-                               disable=not progress or None)):
+    for i, g in enumerate(bar(genotypes, enabled=progress, desc="scoring pool", unit="arch")):
         net = from_flax(darts.NetworkCIFAR(g, C=preset.C, layers=preset.layers,
                                            num_classes=num_classes))
         params = net.init(jax.random.fold_in(jax.random.fold_in(key, pool), i), batch.x[:1])

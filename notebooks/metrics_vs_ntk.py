@@ -123,8 +123,8 @@ for name in NAMES:
 HERE = Path(__file__).resolve().parent if "__file__" in globals() else Path.cwd()
 shards = sorted((HERE.parent / "bench" / "results").glob("nb201_sample200_seed0.shard*.csv"))
 if shards:
-    import csv
-    recs = [r for s in shards for r in csv.DictReader(s.open())]
+    from jhnas.results import read_rows
+    recs = [r for s in shards for r in read_rows(s)]
     bench_names = ["grad_norm", "snip", "grasp", "fisher", "ntk_trace", "ntk_cond"]
     cols = {k: np.array([float(r[k]) for r in recs]) for k in bench_names}
     print(f"\n{len(recs)} archs of bench/results (official protocol): rho with M")

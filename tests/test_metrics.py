@@ -4,7 +4,7 @@ Each test network is written twice: as a Flax module (``jhnas.nn`` layers, ``nn.
 is what jhnas measures, and as a plain JAX function of explicit weight arrays (a tiny interpreter
 over a layer list: ``lax.conv_general_dilated``, ``@``, batch normalisation written out), into which
 the Flax parameters are mapped by name. Every metric is then recomputed from its definition
-(official zero-cost / HNAS code, REFERENCE §2) on the plain function in float64, with no jhnas
+(official zero-cost / HNAS code) on the plain function in float64, with no jhnas
 internals. The oracle pieces are jit-compiled only to keep the file fast.
 """
 import collections

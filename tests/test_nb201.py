@@ -13,6 +13,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from jhnas.results import read_rows
 from jhnas.spaces import nb201
 
 BEST = "|nor_conv_3x3~0|+|nor_conv_3x3~0|nor_conv_3x3~1|+|skip_connect~0|nor_conv_3x3~1|nor_conv_1x1~2|"
@@ -483,8 +484,6 @@ def test_class_index_follows_canonical():
 
 
 def test_metric_table_equals_the_scoring_shards():
-    import csv as _csv
-    from pathlib import Path as _Path
     table = nb201.metric_table()
     assert {"ntk_trace", "ntk_cond"} <= set(table.values) and "jax" in table.protocol
     ci = nb201.class_index()
@@ -492,11 +491,65 @@ def test_metric_table_equals_the_scoring_shards():
         assert v.shape == (nb201.NUM_ARCHS,)
         known = np.isfinite(v)
         assert (known == known[ci]).all() and np.array_equal(v[known], v[ci][known])
-    shards = _Path(__file__).resolve().parents[1] / "bench" / "results" / "nb201_space"
-    rows = [r for f in sorted(shards.glob("ntk_trace_ntk_cond/chunk_*.csv"))
-            for r in _csv.DictReader(open(f))][:50]
-    for r in rows:  # shards may be ahead of the shipped table: compare what both have
-        i = nb201.index_of(r["arch"])
-        if np.isfinite(table.values["ntk_trace"][i]):
-            assert table.values["ntk_trace"][i] == float(r["ntk_trace"])
-            assert table.values["ntk_cond"][i] == float(r["ntk_cond"])
+    reps = ci == np.arange(nb201.NUM_ARCHS)
+    for name, v in table.own.items():  # a representative's own value is its class value
+        np.testing.assert_array_equal(v[reps], table.values[name][reps])
+        known = np.isfinite(v) & ~reps
+        assert all(nb201.dead_edges(nb201.arch_at(i)) for i in np.flatnonzero(known))
+        per_arch = table.per_architecture(name)
+        assert np.array_equal(per_arch[known], v[known])
+        assert np.array_equal(per_arch[~known], table.values[name][~known], equal_nan=True)
+    shards = Path(__file__).resolve().parents[1] / "bench" / "results" / "nb201_space"
+    for pattern, values in (("ntk_trace_ntk_cond/chunk_*.csv", table.values),
+                            ("dead_edges/ntk_trace_ntk_cond/chunk_*.csv", table.own)):
+        rows = [r for f in sorted(shards.glob(pattern)) for r in read_rows(f)][:50]
+        for r in rows:  # shards may be ahead of the shipped table: compare what both have
+            i = nb201.index_of(r["arch"])
+            if np.isfinite(values["ntk_trace"][i]):
+                assert values["ntk_trace"][i] == float(r["ntk_trace"])
+                assert values["ntk_cond"][i] == float(r["ntk_cond"])
+
+
+def test_scorer_gives_the_tables_own_value_of_dead_edge_architectures():
+    """Issue 34: for architectures with dead edges `jhnas score` differed from the table (index
+    13454: M 1248.7 scored, 44.5 in the table, its class representative's). The table now ships
+    their own values; the scorer gives them (bench/nb201_dead_edges.py checks 200)."""
+    from jhnas import data, score
+    table = nb201.metric_table()
+    batch = data.default_batch(64)
+    for i in (13454, 15600):
+        arch = nb201.arch_at(i)
+        assert nb201.dead_edges(arch) and nb201.class_index()[i] != i
+        got = score.score_arch(arch, ["ntk_trace", "ntk_cond"], batch)
+        for name in got:
+            assert got[name] == pytest.approx(table.own[name][i], rel=1e-6), (i, name)
+            assert table.per_architecture(name)[i] == table.own[name][i]
+    assert table.own["ntk_trace"][13454] > 10 * table.values["ntk_trace"][13454]
+
+
+def test_dead_edges_are_exactly_the_edges_the_output_ignores():
+    """Perturbing the kernel of a dead edge's convolution (its input is zero, or its output
+    reaches nothing) leaves the logits unchanged; perturbing a live convolution's changes
+    them."""
+    rng = np.random.default_rng(0)
+    x = jax.random.normal(jax.random.key(0), (4, 8, 8, 3))
+    convs = {i: op for i, op in enumerate(nb201.OPS) if op.startswith("nor_conv")}
+    checked = 0
+    while checked < 8:
+        ops = [nb201.OPS[k] for k in rng.integers(0, 5, 6)]
+        arch = nb201.format_arch(ops)
+        dead = set(nb201.dead_edges(arch))
+        conv_edges = [e for e, op in zip(nb201.EDGES, ops) if op in convs.values()]
+        if not dead or not conv_edges:
+            continue
+        checked += 1
+        model = nb201.NB201Net(arch, C=4, N=1, preset="nb201")
+        params = model.init(jax.random.key(1), x)["params"]
+        apply = jax.jit(lambda p: model.apply({"params": p}, x, mutable=["batch_stats"])[0])
+        base = apply(params)
+        for i, j in conv_edges:
+            p = jax.tree.map(lambda a: a, params)
+            conv = p["cell1_0"][f"edge_{i}_{j}"]["conv"]
+            conv["kernel"] = conv["kernel"] + 1.0
+            changed = not np.allclose(apply(p), base, rtol=0, atol=1e-6)
+            assert changed == ((i, j) not in dead), (arch, (i, j))

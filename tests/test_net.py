@@ -5,7 +5,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from jhnas import metrics, ntk
 from jhnas import nn as jnn
+from jhnas.data import Batch
 from jhnas.net import from_apply, from_flax
 
 
@@ -94,3 +96,29 @@ def test_block_init_rejects_layers_it_does_not_know():
     init = block_init([Block(nn.LayerNorm(), ("norm",), 0, 1)])
     with pytest.raises(NotImplementedError, match="LayerNorm"):
         init(jax.random.key(0), jnp.ones((2, 3)))
+
+
+def test_rngs_for_dropout_in_training_mode():
+    """Issue 34: a module with nn.Dropout(deterministic=False) could not be used (no way to pass
+    an rng). With rngs the masks are fixed: the same logits on every call, the metrics and the
+    NTK computable, and other keys give other masks."""
+    class WithDropout(nn.Module):
+        @nn.compact
+        def __call__(self, x):
+            x = nn.relu(nn.Dense(16)(x.reshape(x.shape[0], -1)))
+            return nn.Dense(3)(nn.Dropout(0.5, deterministic=False)(x))
+
+    x, y = jnp.ones((4, 5)), jnp.array([0, 1, 2, 0])
+    with pytest.raises(Exception, match="dropout"):
+        plain = from_flax(WithDropout())
+        plain.apply(plain.init(jax.random.key(0), x), x)
+    net = from_flax(WithDropout(), rngs={"dropout": jax.random.key(1)})
+    params = net.init(jax.random.key(0), x)
+    np.testing.assert_array_equal(net.apply(params, x), net.apply(params, x))
+    other = from_flax(WithDropout(), rngs={"dropout": jax.random.key(2)})
+    assert not np.array_equal(net.apply(params, x), other.apply(params, x))
+    m = metrics.metrics_fn(net, ["grad_norm", "ntk_trace"])(params, Batch(x, y))
+    assert np.isfinite(m["grad_norm"]) and m["ntk_trace"] > 0
+    jac = ntk.empirical_ntk_fn(net, implementation="jacobian")(params, x, y)
+    np.testing.assert_allclose(ntk.empirical_ntk_fn(net)(params, x, y), jac, rtol=1e-5,
+                               atol=1e-6 * np.abs(jac).max())

@@ -3,7 +3,12 @@ import math
 
 import pytest
 
-from jhnas.results import ResultsCSV
+import os
+import subprocess
+import sys
+import time
+
+from jhnas.results import MAGIC, ProtocolError, ResultsCSV, read_protocol, read_rows
 
 
 def test_append_and_resume(tmp_path):
@@ -33,7 +38,8 @@ def test_torn_last_line_is_dropped(tmp_path):
 def test_header_mismatch_and_missing_folder(tmp_path):
     path = tmp_path / "s.csv"
     ResultsCSV(path, ["arch", "m", "seconds"])
-    with pytest.raises(ValueError, match="expected arch,n,seconds"):
+    with pytest.raises(ProtocolError, match="this run writes arch,n,seconds "
+                                            r"\(missing n; extra m\)"):
         ResultsCSV(path, ["arch", "n", "seconds"])
     with pytest.raises(FileNotFoundError, match="does not exist"):
         ResultsCSV(tmp_path / "nope" / "s.csv", ["arch"])
@@ -49,3 +55,69 @@ def test_cpu_name_is_the_cpuinfo_model_name():
         return
     if "model name" in text:
         assert name in text
+
+
+PROTOCOL = {"seed": 0, "batch": {"size": 64, "sha256": "ab"}, "versions": {"jax": "0.10.2"}}
+
+
+def test_protocol_is_written_and_checked(tmp_path):
+    path = tmp_path / "p.csv"
+    t = ResultsCSV(path, ["arch", "m"], protocol=PROTOCOL)
+    t.append({"arch": "a", "m": 1.0})
+    assert path.read_text().startswith(MAGIC) and read_protocol(path) == PROTOCOL
+    assert read_rows(path) == [{"arch": "a", "m": "1.0"}]
+    assert list(ResultsCSV(path, ["arch", "m"], protocol=PROTOCOL).rows) == ["a"]
+    other = {**PROTOCOL, "seed": 1, "batch": {"size": 32, "sha256": "ab"}}
+    with pytest.raises(ProtocolError, match=r"batch.size 64 \(file\) vs 32 \(now\); seed 0 "
+                                            r"\(file\) vs 1 \(now\)"):
+        ResultsCSV(path, ["arch", "m"], protocol=other)
+
+
+def test_legacy_files_duplicates_and_bad_rows(tmp_path):
+    path = tmp_path / "old.csv"
+    path.write_text("arch,m\na,1.0\nb,2.0\na,1.5\nc,x1\n,\nd,\n")
+    with pytest.warns(RuntimeWarning) as record:
+        t = ResultsCSV(path, ["arch", "m"], protocol=PROTOCOL,
+                       check_key=lambda k: None if k else "empty key")
+    messages = " | ".join(str(w.message) for w in record)
+    assert "names no protocol" in messages
+    assert "2 malformed row(s) removed" in messages and "line 5: m not a number" in messages
+    assert "1 duplicate row(s)" in messages
+    assert {k: r["m"] for k, r in t.rows.items()} == {"a": "1.0", "b": "2.0", "d": ""}
+    assert path.read_text() == "arch,m\na,1.0\nb,2.0\na,1.5\nd,\n"  # bad rows cut
+
+
+def test_claims_split_the_work_and_stale_claims_are_taken_over(tmp_path):
+    path = tmp_path / "c.csv"
+    ours = ResultsCSV(path, ["arch", "m"])
+    other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    try:
+        host = os.uname().nodename
+        now = time.time()
+        (tmp_path / ".c.csv.claims").write_text(
+            f"b,{other.pid},{host},{now}\nc,{dead.pid},{host},{now}\n"
+            f"d,{other.pid},elsewhere,{now - 7 * 3600}\n")
+        assert list(ours.claimed(["a", "b", "c", "d"])) == ["a", "c", "d"]
+        assert read_rows(path) == []
+        assert (tmp_path / ".c.csv.claims").read_text().startswith(f"b,{other.pid},")
+        ours.claim("a")
+        ours.append({"arch": "a", "m": 1.0})
+        assert "a" not in (tmp_path / ".c.csv.claims").read_text()
+        assert not ours.claim("a") and not ours.claim("b")  # done; held by a live process
+        short = ResultsCSV(path, ["arch", "m"], claim_timeout=0.0)
+        assert short.claim("b")  # older than the timeout
+    finally:
+        other.kill()
+        other.wait()
+
+
+def test_rows_written_by_another_process_are_seen(tmp_path):
+    path = tmp_path / "r.csv"
+    ours = ResultsCSV(path, ["arch", "m"])
+    code = ("import sys; from jhnas.results import ResultsCSV; "
+            "ResultsCSV(sys.argv[1], ['arch', 'm']).append({'arch': 'x', 'm': 2.0})")
+    subprocess.run([sys.executable, "-c", code, str(path)], check=True)
+    assert "x" not in ours
+    assert not ours.claim("x") and "x" in ours

@@ -240,6 +240,31 @@ def canonical(arch: str) -> str:
     return expr[3]
 
 
+def dead_edges(arch: str) -> tuple[tuple[int, int], ...]:
+    """The (target, source) edges of ``arch`` that are not ``none`` but whose op sees only
+    zeros or feeds nothing: their source node is zero (every edge into it is ``none`` or dead),
+    or their target node reaches node 3 only through ``none`` edges. A dead ReLU-Conv-BN's kernel
+    cannot change the output; its conv bias and BatchNorm shift only add a constant (nothing at
+    initialisation with train-mode BatchNorm). The architecture's network still has the dead
+    edges' parameters, and its isomorphism class (:func:`canonical`) may be represented by a
+    network without them: a convolution of a zero node, with the ``"hnas"`` preset's conv bias
+    and train-mode BatchNorm, changes the official per-sample NTK decomposition by orders of
+    magnitude (:class:`MetricTable`).
+
+    >>> dead_edges("|none~0|+|skip_connect~0|nor_conv_3x3~1|+|skip_connect~0|none~1|none~2|")
+    ((2, 0), (2, 1))
+    """
+    ops = parse(arch)
+    live = [True, False, False, False]
+    for (i, j), op in zip(EDGES, ops):  # edges come sorted by target node
+        live[i] = live[i] or (op != "none" and live[j])
+    reach = [False, False, False, True]
+    for (i, j), op in reversed(list(zip(EDGES, ops))):  # sorted by source node, descending
+        reach[j] = reach[j] or (op != "none" and reach[i])
+    return tuple((i, j) for (i, j), op in zip(EDGES, ops)
+                 if op != "none" and not (live[j] and reach[i]))
+
+
 # ----------------------------------------------------------------------------- the network
 
 def _bn(affine: bool = True, name: str | None = None) -> nn.BatchNorm:
@@ -506,20 +531,36 @@ def class_index() -> np.ndarray:
 
 
 class MetricTable(NamedTuple):
-    """Training-free metrics of every NB201 architecture: ``values[name]`` is (15625,) float64 in
-    NB201 index order, NaN where not computed; ``protocol`` says how they were computed."""
+    """Training-free metrics of every NB201 architecture, (15625,) float64 arrays in NB201 index
+    order, NaN where not computed; ``protocol`` says how they were computed.
+
+    ``values[name]``: per isomorphism class, the value of the class representative's network
+    (its lowest index) for every member. ``own[name]``: the value of each architecture's own
+    network, where the table has it: every representative, and the architectures with dead edges
+    (:func:`dead_edges`) whose own value was scored. It is what ``jhnas score`` gives for that
+    architecture; for a dead-edge architecture it can differ from the class value by orders of
+    magnitude (the dead edges' parameters are in its network). :meth:`per_architecture` combines
+    the two.
+    """
 
     values: dict[str, np.ndarray]
     protocol: dict[str, str]
+    own: dict[str, np.ndarray]
 
     def coverage(self, name: str) -> float:
         """Share of the 15,625 architectures with a value of ``name``."""
         return float(np.mean(np.isfinite(self.values[name])))
 
+    def per_architecture(self, name: str) -> np.ndarray:
+        """``own[name]`` where the table has it, else the class value ``values[name]``."""
+        own = self.own[name]
+        return np.where(np.isfinite(own), own, self.values[name])
+
 
 @functools.lru_cache(maxsize=1)
 def metric_table() -> MetricTable:
-    """The shipped metric table (one computation per isomorphism class, copied to every member).
+    """The shipped metric table (one computation per isomorphism class, copied to every member;
+    own values of the dead-edge architectures, see :class:`MetricTable`).
 
     Made by ``bench/make_metric_table.py`` from ``jhnas score`` shards; the protocol (network,
     batch, init, BatchNorm mode, library versions) is in ``protocol``.
@@ -529,10 +570,13 @@ def metric_table() -> MetricTable:
     protocol = dict(line[2:].split(": ", 1) for line in lines if line.startswith("# "))
     rows = [line.split(",") for line in lines if line and not line.startswith("#")]
     header, rows = rows[0], rows[1:]
+    classes = class_index()
     cols = {name: np.full(NUM_ARCHS, np.nan) for name in header[1:]}
+    own = {name: np.full(NUM_ARCHS, np.nan) for name in header[1:]}
     for r in rows:
         i = int(r[0])
         for name, v in zip(header[1:], r[1:]):
-            cols[name][i] = float(v) if v else np.nan
-    classes = class_index()
-    return MetricTable({k: v[classes] for k, v in cols.items()}, protocol)
+            (cols if classes[i] == i else own)[name][i] = float(v) if v else np.nan
+    for name in own:  # a representative's own value is its class value
+        own[name][classes == np.arange(NUM_ARCHS)] = cols[name][classes == np.arange(NUM_ARCHS)]
+    return MetricTable({k: v[classes] for k, v in cols.items()}, protocol, own)
