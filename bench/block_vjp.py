@@ -27,7 +27,7 @@ import numpy as np
 from jhnas import data, metrics
 from jhnas import ntk as ntk_lib
 from jhnas.net import vjp as net_vjp
-from jhnas.results import cpu_name
+from jhnas.results import cpu_name, write_atomic
 from jhnas.spaces import nb201
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -89,8 +89,8 @@ def main() -> None:
                         "cpus": len(os.sched_getaffinity(0)),
                         "xla_flags": os.environ.get("XLA_FLAGS", "")}}
     RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "block_vjp.json").write_text(json.dumps(res, indent=1))
-    (RESULTS / "block_vjp.md").write_text(report(res))
+    write_atomic(RESULTS / "block_vjp.json", json.dumps(res, indent=1))
+    write_atomic(RESULTS / "block_vjp.md", report(res))
     print(report(res))
 
 

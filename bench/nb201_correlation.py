@@ -31,7 +31,7 @@ from pathlib import Path
 
 import numpy as np
 
-from jhnas.results import read_rows
+from jhnas.results import read_rows, write_atomic
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "results"
@@ -181,8 +181,8 @@ def cmd_report(args) -> None:
                      f"{pub if pub is not None else ''} | {diff} | "
                      f"{'' if agree is None else f'{agree:.3f} ({len(both)})'} | "
                      f"{'' if sza is None else f'{sza[0]:.3f} ({sza[1]})'} | {rhos[0][1]} |")
-    (RESULTS / "nb201_correlation_200.md").write_text("\n".join(lines) + "\n")
-    (RESULTS / "nb201_correlation_200.json").write_text(json.dumps(out, indent=1) + "\n")
+    write_atomic(RESULTS / "nb201_correlation_200.md", "\n".join(lines) + "\n")
+    write_atomic(RESULTS / "nb201_correlation_200.json", json.dumps(out, indent=1) + "\n")
     print("\n".join(lines))
 
 

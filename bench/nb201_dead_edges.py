@@ -35,7 +35,7 @@ from scipy import stats
 
 from jhnas import data, ntk, score
 from jhnas.net import vjp as net_vjp
-from jhnas.results import cpu_name
+from jhnas.results import cpu_name, write_atomic
 from jhnas.spaces import nb201
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -158,8 +158,8 @@ def main() -> None:
            "explain": explain(args.explain)}
     if args.check:
         res["check"] = check(table, idx, args.check)
-    (RESULTS / "nb201_dead_edges.json").write_text(json.dumps(res, indent=1) + "\n")
-    (RESULTS / "nb201_dead_edges.md").write_text(report(res))
+    write_atomic(RESULTS / "nb201_dead_edges.json", json.dumps(res, indent=1) + "\n")
+    write_atomic(RESULTS / "nb201_dead_edges.md", report(res))
     print(report(res))
 
 

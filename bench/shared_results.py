@@ -22,7 +22,7 @@ from pathlib import Path
 
 import jax
 
-from jhnas.results import cpu_name, read_rows
+from jhnas.results import cpu_name, read_rows, write_atomic
 from jhnas.spaces import nb201
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -47,8 +47,8 @@ def main() -> None:
            "archs": N_ARCHS, "processes": PROCESSES, "runs": []}
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
-        (tmp / "warm.txt").write_text("\n".join(warm) + "\n")
-        (tmp / "archs.txt").write_text("\n".join(archs) + "\n")
+        write_atomic(tmp / "warm.txt", "\n".join(warm) + "\n")
+        write_atomic(tmp / "archs.txt", "\n".join(archs) + "\n")
         cache = tmp / "xla"
         res["warm_s"] = run(tmp / "warm.txt", tmp / "warm.csv", cache, 1)
         reference = None
@@ -64,8 +64,8 @@ def main() -> None:
                                     "exactly_once": sorted(keys) == sorted(archs),
                                     "values_equal_single": values == reference})
                 print(res["runs"][-1], flush=True)
-    (RESULTS / "shared_results.json").write_text(json.dumps(res, indent=1) + "\n")
-    (RESULTS / "shared_results.md").write_text(report(res))
+    write_atomic(RESULTS / "shared_results.json", json.dumps(res, indent=1) + "\n")
+    write_atomic(RESULTS / "shared_results.md", report(res))
     print(report(res))
 
 

@@ -1008,10 +1008,12 @@ def main(argv=None) -> None:
         torch.set_num_threads(1)
         print(json.dumps(child_grad_step(args.extra[0])))
         return
+    from jhnas.results import write_atomic  # not at the top: torch-only children skip jax
+
     path = Path(args.out + ".json")
     res = json.loads(path.read_text()) if path.exists() else {}
     if args.command == "report":
-        Path(args.out + ".md").write_text(report(res))
+        write_atomic(Path(args.out + ".md"), report(res))
         return
     _pin_threads()
     if args.command == "memory":
@@ -1048,8 +1050,8 @@ def main(argv=None) -> None:
         new["wall_s"] = time.perf_counter() - t0
         res = {**new, **{k: v for k, v in res.items() if k == "xla_flags" or k.startswith("pool")}}
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(res, indent=1, default=float))
-    Path(args.out + ".md").write_text(report(res))
+    write_atomic(path, json.dumps(res, indent=1, default=float))
+    write_atomic(Path(args.out + ".md"), report(res))
     print(report(res))
 
 

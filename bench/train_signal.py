@@ -27,6 +27,7 @@ from scipy import stats
 
 from jhnas import data, train
 from jhnas.spaces import nb201
+from jhnas.results import write_atomic
 
 RESULTS = Path(__file__).resolve().parent / "results"
 CIFAR = (Path(__file__).resolve().parents[2] / "shared" / "data" / "cifar10-truncated-batches" /
@@ -71,7 +72,7 @@ def main() -> None:
     res.update(epochs=args.epochs, archs=rows,
                rho_val12=float(stats.spearmanr(acc, [r["val12"] for r in rows])[0]),
                rho_test200=float(stats.spearmanr(acc, [r["test200"] for r in rows])[0]))
-    (RESULTS / "train_signal.json").write_text(json.dumps(res, indent=1))
+    write_atomic(RESULTS / "train_signal.json", json.dumps(res, indent=1))
     c = res["curve"]
     lines = ["# The short-training signal on real CIFAR-10 images", "",
              f"jax {res['jax']}; {len(ytr)} training images (data_batch_1), {len(yte)} held out "
@@ -90,7 +91,7 @@ def main() -> None:
               "| arch | held-out acc % | benchmark val12 | benchmark test200 |", "|---|---|---|---|"]
     lines += [f"| `{r['arch']}` | {r['held_out_acc']:.1f} | {r['val12']:.2f} | {r['test200']:.2f} |"
               for r in rows]
-    (RESULTS / "train_signal.md").write_text("\n".join(lines) + "\n")
+    write_atomic(RESULTS / "train_signal.md", "\n".join(lines) + "\n")
     print("\n".join(lines))
 
 

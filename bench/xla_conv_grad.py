@@ -42,7 +42,7 @@ import numpy as np
 from jax import lax
 
 from jhnas.nn import CONV_CHUNK, chunked_conv
-from jhnas.results import cpu_name
+from jhnas.results import cpu_name, write_atomic
 
 RESULTS = Path(__file__).resolve().parent / "results"
 SHAPES = [(16, 32), (32, 16), (64, 8)]  # (channels, spatial size) of the NB201 stages
@@ -189,7 +189,7 @@ def main() -> None:
            "cpu": cpu_name(),
            "xla_flags": os.environ.get("XLA_FLAGS", "")}
     out.parent.mkdir(parents=True, exist_ok=True)
-    Path(f"{out}.json").write_text(json.dumps({"env": env, "rows": rows, "network": network},
+    write_atomic(Path(f"{out}.json"), json.dumps({"env": env, "rows": rows, "network": network},
                                               indent=1))
     lines = [f"# One 3x3 convolution on XLA:CPU, split (batch {BATCH}, float32, one core, best of "
              f"{REPEAT})", "",
@@ -227,7 +227,7 @@ def main() -> None:
               f"Speed-up of the default {network['run_s_plain'] / network['run_s_default']:.2f}x; "
               f"gradients agree to {network['rel_err']:.1e} (max relative difference). "
               f"Architecture `{network['arch']}`.", ""]
-    Path(f"{out}.md").write_text("\n".join(lines))
+    write_atomic(Path(f"{out}.md"), "\n".join(lines))
     print("\n".join(lines))
 
 

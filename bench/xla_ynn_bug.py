@@ -112,8 +112,12 @@ def main() -> None:
     path = RESULTS / "xla_ynn_bug.json"
     rows = json.loads(path.read_text()) if path.exists() else {}
     rows[row["jaxlib"]] = row
-    path.write_text(json.dumps(rows, indent=1) + "\n")
-    (RESULTS / "xla_ynn_bug.md").write_text(report(rows))
+    # written whole or not at all (jhnas.results.write_atomic; this script runs without jhnas)
+    for name, text in ((path, json.dumps(rows, indent=1) + "\n"),
+                       (RESULTS / "xla_ynn_bug.md", report(rows))):
+        tmp = name.with_name(f".{name.name}.tmp")
+        tmp.write_text(text)
+        tmp.replace(name)
 
 
 if __name__ == "__main__":

@@ -136,7 +136,10 @@ def _score(args) -> None:
 
 
 def _search(args) -> None:
+    import json
+
     from jhnas import hnas
+    from jhnas.results import write_atomic
 
     if args.budget < 1:
         raise UsageError(f"--budget must be >= 1, got {args.budget}")
@@ -172,7 +175,7 @@ def _search(args) -> None:
         res = hnas.run_nb201(args.method, args.metric, args.dataset, budget=args.budget,
                              seeds=seeds, config=config, progress=not args.quiet,
                              signal=signal, signal_name=name if signal else None)
-    _write_json(out, res)
+    write_atomic(out, json.dumps(res, indent=1))
     m, s = res["mean"], res["std"]
     runs = f"{args.budget} evaluations, {args.seeds} seed{'s' if args.seeds != 1 else ''}"
     if args.space == "darts":
@@ -191,17 +194,7 @@ def _search(args) -> None:
           + f"; {cost} {m['cost']:.0f} s -> {out}", file=sys.stderr)
 
 
-def _write_json(path: Path, obj) -> None:
-    """Writes ``obj`` to ``path`` atomically (a crash never leaves half a file; concurrent
-    writers each replace the file whole)."""
-    import json
 
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        tmp.write_text(json.dumps(obj, indent=1))
-        tmp.replace(path)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 def _search_darts(args, config, preset, tr, va, classes, seeds, signal_name) -> dict:
@@ -349,7 +342,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="size of the training signal (cpu: minutes on 2 cores; paper: the "
                         "paper's 10 epochs on half of CIFAR-10, for a GPU/TPU)")
     r.add_argument("--data-dir", help="CIFAR python batches for --signal train (default: the "
-                                      "256 embedded CIFAR-10 images)")
+                                      "1,017 embedded CIFAR-10 images)")
     r.add_argument("--pool", type=int, default=12,
                    help="--space darts: random genotypes scored with M and kappa")
     r.add_argument("--method", choices=METHODS, default="hnas")

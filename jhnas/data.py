@@ -7,8 +7,8 @@ official PyTorch code). :func:`to_nhwc` / :func:`to_nchw` convert between the tw
 
 * :func:`load_cifar` reads the standard CIFAR-10/100 "python version" batches from a folder,
   complete or truncated (a cut-off pickle is parsed opcode by opcode; every complete image is kept).
-* :func:`default_images` / :func:`default_batch`: 256 real CIFAR-10 training images shipped in the
-  package (see ``jhnas/_data/PROVENANCE.md``), so everything runs without a dataset.
+* :func:`default_images` / :func:`default_batch`: 1,017 real CIFAR-10 training images shipped in
+  the package (see ``jhnas/_data/PROVENANCE.md``), so everything runs without a dataset.
 * :func:`save_batch` / :func:`load_batch`: validated, atomically written batch files.
 
 The CIFAR pickles are read with an unpickler that only resolves the few globals a CIFAR batch
@@ -41,8 +41,8 @@ __all__ = [
 CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)
 CIFAR10_STD = (0.2023, 0.1994, 0.2010)
 
-DEFAULT_IMAGES = 256  # number of embedded images
-_DEFAULT_FILE = "_data/cifar10_train_256.npz"
+DEFAULT_IMAGES = 1017  # number of embedded images
+_DEFAULT_FILE = "_data/cifar10_train_1017.npz"
 _IMAGE_BYTES = 3 * 32 * 32  # one CIFAR record: R, G, B planes of 32 x 32, uint8
 
 # dataset -> (batch folder, train files, test files, label key)
@@ -274,9 +274,10 @@ _default_cache: tuple[np.ndarray, np.ndarray] | None = None
 
 
 def default_images() -> tuple[np.ndarray, np.ndarray]:
-    """The 256 embedded CIFAR-10 training images, uint8 (256, 32, 32, 3), and int32 (256,) labels.
+    """The 1,017 embedded CIFAR-10 training images, uint8 (1017, 32, 32, 3), and int32 (1017,)
+    labels.
 
-    They are images 0..255 of ``data_batch_1``, exact pixels, true labels
+    They are images 0..1016 of ``data_batch_1``, exact pixels, true labels
     (``jhnas/_data/PROVENANCE.md``). Returns fresh copies.
     """
     global _default_cache

@@ -86,6 +86,33 @@ def format_value(v) -> str:
     return repr(float(v)) if isinstance(v, float) else str(v)
 
 
+def write_atomic(path: str | os.PathLike, data: str | bytes) -> None:
+    """Writes ``path`` whole or not at all: a temporary file in the same folder (named after
+    this process), fsynced, then renamed over ``path``. Concurrent writers each replace the file
+    whole; a crash leaves the old file."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        with open(tmp, "wb" if isinstance(data, bytes) else "w") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def update_json(path: str | os.PathLike, update: Callable[[dict], dict]) -> dict:
+    """Replaces the JSON object in ``path`` (``{}`` if absent) by ``update(old)``, under an
+    exclusive lock (``.NAME.lock``), atomically: processes adding their rows to one results file
+    at the same time lose none. Returns the new object."""
+    path = Path(path)
+    with FileLock(path.with_name(f".{path.name}.lock")):
+        new = update(json.loads(path.read_text()) if path.exists() else {})
+        write_atomic(path, json.dumps(new, indent=1) + "\n")
+    return new
+
+
 def read_rows(path: str | os.PathLike) -> list[dict[str, str]]:
     """The rows of a results file (or of any CSV) as dicts, the protocol comment skipped."""
     with open(path, newline="") as f:
@@ -257,31 +284,27 @@ class ResultsCSV:
     # -- writing
 
     def _replace(self, text: str) -> None:
-        tmp = self.path.with_name(f"{self.path.name}.{os.getpid()}.tmp")
-        try:
-            with open(tmp, "w") as f:
-                f.write(text)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, self.path)
-        finally:
-            tmp.unlink(missing_ok=True)
+        write_atomic(self.path, text)
 
-    def append(self, row: Mapping) -> None:
-        """Writes one row (and releases its claim)."""
+    def append(self, row: Mapping) -> bool:
+        """Writes one row (and releases its claim). False, and nothing written, if another
+        process wrote the key first: a key is never written twice."""
         values = [format_value(row[c]) for c in self.columns]
         with self._lock:
             self._refresh()
-            with open(self.path, "a") as f:
-                f.write(_line(values))
-                f.flush()
-                os.fsync(f.fileno())
-            self._read = self.path.stat().st_size
-            self.rows.setdefault(values[0], dict(zip(self.columns, values)))
+            written = values[0] not in self.rows
+            if written:
+                with open(self.path, "a") as f:
+                    f.write(_line(values))
+                    f.flush()
+                    os.fsync(f.fileno())
+                self._read = self.path.stat().st_size
+                self.rows[values[0]] = dict(zip(self.columns, values))
             if values[0] in self._mine:
                 self._write_claims({k: v for k, v in self._read_claims().items()
                                     if k != values[0]})
                 self._mine.discard(values[0])
+        return written
 
     # -- claims
 
@@ -303,9 +326,7 @@ class ResultsCSV:
         if not claims:
             self._claims.unlink(missing_ok=True)
             return
-        tmp = self._claims.with_name(f"{self._claims.name}.{os.getpid()}.tmp")
-        tmp.write_text("".join(_line((k, *v)) for k, v in claims.items()))
-        os.replace(tmp, self._claims)
+        write_atomic(self._claims, "".join(_line((k, *v)) for k, v in claims.items()))
 
     def _stale(self, claim: tuple[int, str, float], now: float) -> bool:
         pid, host, since = claim

@@ -229,7 +229,7 @@ class Preset(NamedTuple):
 #: (10 epochs on half of CIFAR-10, validation on the other half, batch 576, C = 16, 5 layers),
 #: sized for a GPU/TPU.
 PRESETS = {
-    "cpu": Preset(8, 1, 3, TrainConfig(epochs=3, batch_size=64, learning_rate=0.05), 768, 256),
+    "cpu": Preset(8, 1, 3, TrainConfig(epochs=5, batch_size=64, learning_rate=0.05), 768, 256),
     "paper": Preset(16, 5, 5, TrainConfig(epochs=10, batch_size=576, learning_rate=0.1), None,
                     None),
 }
@@ -237,7 +237,7 @@ PRESETS = {
 
 def signal_data(preset: Preset, data_dir=None, dataset: str = "cifar10") -> tuple[Arrays, Arrays]:
     """(train, validation) arrays, both from the training split: the first ``train_images`` and
-    the next ``val_images`` (``None``: halves). Without ``data_dir``, the 256 embedded CIFAR-10
+    the next ``val_images`` (``None``: halves). Without ``data_dir``, the 1,017 embedded CIFAR-10
     images (three quarters for training)."""
     from jhnas import data
 

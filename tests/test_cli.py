@@ -146,7 +146,7 @@ def test_bad_batch_files_and_cache_paths(tmp_path, capsys):
              (["--compile-cache", str(tmp_path / "afile")], "afile or a folder above it is a file"),
              (["--compile-cache", str(tmp_path / "afile" / "sub")], "is a file"),
              (["--batch-size", "0"], "--batch-size must be >= 1"),
-             (["--batch-size", "100000"], "the embedded set has 256 images")]
+             (["--batch-size", "100000"], "the embedded set has 1017 images")]
     for extra, fragment in cases:
         assert main([*base, *extra, "--out", str(tmp_path / "o.csv")]) == 2, extra
         assert fragment in _error(capsys), extra

@@ -16,7 +16,7 @@ DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 TRUNC = DATA / "cifar10-truncated-batches" / "data" / "cifar-10-batches-py"
 FOOLBOX = DATA / "foolbox-samples" / "foolbox" / "data"
 # sha256 of images.tobytes() + labels.astype(uint8).tobytes() of the embedded set (PROVENANCE.md)
-DEFAULT_CONTENT_SHA256 = "756825c4d58ac639d6ce58eae439db6429be790cd2da61efa4c4f65dd7d38387"
+DEFAULT_CONTENT_SHA256 = "ab1cfc5b80d3c46f0eb2e73c80eed18103143c5cba08aba10912dff5a9c6a1b7"
 
 
 @pytest.fixture(scope="module")
@@ -76,8 +76,8 @@ def _images(n: int, seed: int = 0) -> np.ndarray:
 
 def test_embedded_default_content():
     images, labels = data.default_images()
-    assert images.shape == (256, 32, 32, 3) and images.dtype == np.uint8
-    assert labels.shape == (256,) and labels.dtype == np.int32
+    assert images.shape == (1017, 32, 32, 3) and images.dtype == np.uint8
+    assert labels.shape == (1017,) and labels.dtype == np.int32
     assert labels.min() >= 0 and labels.max() <= 9 and len(np.unique(labels)) == 10
     sha = hashlib.sha256(images.tobytes() + labels.astype(np.uint8).tobytes()).hexdigest()
     assert sha == DEFAULT_CONTENT_SHA256
@@ -88,7 +88,7 @@ def test_embedded_default_content():
 def test_embedded_default_is_the_first_training_images(trunc):
     images, labels = data.default_images()
     with pytest.warns(UserWarning, match="truncated"):
-        ref, ref_labels = data.load_cifar(trunc, "cifar10", "train", limit=256)
+        ref, ref_labels = data.load_cifar(trunc, "cifar10", "train", limit=1017)
     np.testing.assert_array_equal(images, ref)
     np.testing.assert_array_equal(labels, ref_labels)
 
@@ -298,14 +298,14 @@ def test_default_batch_with_key():
     np.testing.assert_array_equal(k1.y, k2.y)
     other = data.default_batch(32, key=jax.random.key(1))
     assert not np.array_equal(other.x, k1.x)
-    full = data.default_batch(256, key=jax.random.key(0))  # without replacement: a permutation
+    full = data.default_batch(1017, key=jax.random.key(0))  # without replacement: a permutation
     images, labels = data.default_images()
     where = {im.tobytes(): i for i, im in enumerate(data.normalize(images))}
     idx = [where[im.tobytes()] for im in full.x]
-    assert sorted(idx) == list(range(256)) and idx != list(range(256))
+    assert sorted(idx) == list(range(1017)) and idx != list(range(1017))
     np.testing.assert_array_equal(full.y, labels[idx])
-    for bad in (0, 257):
-        with pytest.raises(ValueError, match="batch_size must be in 1..256"):
+    for bad in (0, 1018):
+        with pytest.raises(ValueError, match="batch_size must be in 1..1017"):
             data.default_batch(bad)
 
 

@@ -211,3 +211,20 @@ def test_cli_search_writes_results(tmp_path, capsys):
     assert cli.main(["search", "--budget", "0", "--out", str(out)]) == 2
     assert cli.main(["search", "--out", str(tmp_path / "no" / "r.json")]) == 2
     assert "error" in capsys.readouterr().err
+
+
+def test_nb201_search_is_identical_when_repeated_on_one_machine():
+    """What must not move on one machine and jax version (issue 34: the README's numbers move
+    between CPUs and jax versions, bench/results/search_spread.md): every evaluated
+    architecture, signal and (t, c) of a repeated search; and the five probes (fixed t, no GP)
+    replayed one step at a time."""
+    runs = [hnas.run_nb201("hnas", "ntk_trace", budget=7, seeds=[3, 8]) for _ in range(2)]
+    assert runs[0]["runs"] == runs[1]["runs"]
+    problem = hnas.nb201_problem("ntk_trace")
+    for run, seed in zip(runs[0]["runs"], (3, 8)):
+        state = hnas.init(problem)
+        key = jax.random.key(seed)
+        for i, (t, rec) in enumerate(zip((0.0, 0.25, 0.5, 0.75, 1.0), run["history"])):
+            assert (rec["t"], rec["c"]) == (t, -2.0)
+            state = hnas.step(jax.random.fold_in(key, i), state, problem, hnas.Config(budget=7))
+            assert state.history[-1].index == rec["index"]

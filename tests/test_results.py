@@ -120,4 +120,6 @@ def test_rows_written_by_another_process_are_seen(tmp_path):
             "ResultsCSV(sys.argv[1], ['arch', 'm']).append({'arch': 'x', 'm': 2.0})")
     subprocess.run([sys.executable, "-c", code, str(path)], check=True)
     assert "x" not in ours
-    assert not ours.claim("x") and "x" in ours
+    assert not ours.append({"arch": "x", "m": 3.0})  # written by the other process: not twice
+    assert [r["arch"] for r in read_rows(path)] == ["x"] and ours.rows["x"]["m"] == "2.0"
+    assert not ours.claim("x")

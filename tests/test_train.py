@@ -60,7 +60,7 @@ def test_bad_settings_are_refused():
 
 def test_signal_data_splits_the_embedded_images():
     (xt, yt), (xv, yv) = train.signal_data(train.PRESETS["cpu"])
-    assert len(yt) == 192 and len(yv) == 64 and xt.shape[1:] == (32, 32, 3)
+    assert len(yt) == 762 and len(yv) == 255 and xt.shape[1:] == (32, 32, 3)
 
 
 def test_cli_signal_errors(tmp_path, capsys):
