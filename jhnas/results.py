@@ -19,9 +19,8 @@ Guarantees of :class:`ResultsCSV`:
   file. Appends hold an exclusive lock (``.NAME.lock`` beside the file, :mod:`filelock`; it
   stays there, empty), and :meth:`ResultsCSV.claim` marks a key as being computed
   (``.NAME.claims``, removed when empty) so that other processes skip it: every key is computed
-  and written once. A claim is stale, and taken over,
-  when its process no longer runs (same machine) or it is older than ``claim_timeout`` seconds
-  (default 6 hours; any machine).
+  and written once. A claim is stale, and taken over, when its process no longer runs (same
+  machine) or it is older than ``claim_timeout`` seconds (default 6 hours; any machine).
 """
 from __future__ import annotations
 

@@ -220,7 +220,7 @@ def test_three_scorers_share_one_file_and_survive_a_kill(tmp_path):
     import jax
 
     from jhnas.spaces import nb201
-    archs = nb201.sample(jax.random.key(5), 24)
+    archs = nb201.sample(jax.random.key(5), 12)
     f = tmp_path / "archs.txt"
     f.write_text("\n".join(archs) + "\n")
     fast = [a for a in FAST if a not in ("--compile-cache", "none")]

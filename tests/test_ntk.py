@@ -250,17 +250,21 @@ def test_implementations_agree_on_a_bn_free_nb201_network():
         np.testing.assert_allclose(grams[impl], grams["jacobian"], rtol=1e-5, atol=1e-5 * scale)
 
 
-def _squared_grad_norm(apply, params, x, y, output, which="layers"):
-    """||dS/dtheta||^2 in float64, S the sum of the NTK's outputs (1^T Theta 1 for every
-    implementation: the per-sample terms of the decomposition sum to dS/dtheta)."""
+def _squared_grad_norms(apply, params, x, y, outputs, which="layers"):
+    """{output: ||dS/dtheta||^2} in float64 (one compilation), S the sum of the NTK's outputs:
+    1^T Theta 1 for every implementation (the decomposition's per-sample terms sum to dS/dtheta)."""
     with jax.enable_x64(True):
         p64 = jax.tree.map(lambda a: jnp.asarray(a, jnp.float64), params)
         sel, merge = ntk.split_params(p64, ntk.param_mask(p64, which))
         pick = {"label": lambda z: z[jnp.arange(z.shape[0]), y], "sum": lambda z: z,
-                "all": lambda z: z}[output]
-        g = jax.jit(jax.grad(lambda s, x: pick(apply(merge(s), x)).sum()))(
-            sel, jnp.asarray(x, jnp.float64))
-        return float(sum((v ** 2).sum() for v in g))
+                "all": lambda z: z}
+
+        @jax.jit
+        def norms(s, x):
+            return [sum((g ** 2).sum() for g in jax.grad(lambda s: pick[o](apply(merge(s), x))
+                                                         .sum())(s)) for o in outputs]
+
+        return dict(zip(outputs, map(float, norms(sel, jnp.asarray(x, jnp.float64)))))
 
 
 def test_nb201_batch64_gram_sum_is_the_squared_batch_gradient():
@@ -271,14 +275,14 @@ def test_nb201_batch64_gram_sum_is_the_squared_batch_gradient():
     from jhnas import data
     from jhnas.spaces import nb201
 
-    arch = "|nor_conv_3x3~0|+|nor_conv_3x3~0|nor_conv_3x3~1|+|skip_connect~0|nor_conv_3x3~1|nor_conv_3x3~2|"
+    arch = "|nor_conv_3x3~0|+|skip_connect~0|avg_pool_3x3~1|+|skip_connect~0|none~1|nor_conv_1x1~2|"
     batch = data.default_batch(64)
     x, y = jnp.asarray(batch.x), jnp.asarray(batch.y)
     whole = from_flax(nb201.NB201Net(arch, N=1), bn="train")
     blocks = nb201.make_net(arch, N=1, bn="train", compile="blocks")
-    params = whole.init(jax.random.key(0), x[:1])
+    params = blocks.init(jax.random.key(0), x[:1])  # = whole.init (tests/test_nb201.py)
+    want = _squared_grad_norms(whole.apply, params, x, y, ("sum", "label"))
     for output in ("sum", "label"):
-        want = _squared_grad_norm(whole.apply, params, x, y, output)
         grams = {"network jitted": ntk.empirical_ntk_fn(whole, output=output),
                  "network eager": lambda p, x, y: ntk._decomposition_gram(
                      whole, p, x, y, output=output, which="layers"),
@@ -286,7 +290,7 @@ def test_nb201_batch64_gram_sum_is_the_squared_batch_gradient():
                  "blocks jitted": jax.jit(ntk.empirical_ntk_fn(blocks, output=output))}
         for name, fn in grams.items():
             got = float(np.asarray(fn(params, x, y), np.float64).sum())
-            assert got == pytest.approx(want, rel=2e-3), (output, name)
+            assert got == pytest.approx(want[output], rel=2e-3), (output, name)
 
 
 class _RandomCNN(nn.Module):
@@ -317,7 +321,7 @@ def _random_cnns(count, seed=0):
                            int(rng.choice([6, 9])), id=f"cnn{i}")
 
 
-@pytest.mark.parametrize("model,n,size", list(_random_cnns(4, seed=4)) + [
+@pytest.mark.parametrize("model,n,size", list(_random_cnns(3, seed=4)) + [
     pytest.param(_RandomCNN(((8, 3, 1, 1), (8, 3, 2, 1)), 10), 64, 12, id="head10-batch64")])
 def test_decompositions_jitted_eager_and_jacobian_agree_on_random_cnns(model, n, size):
     """A property test (issue 33): on BN-free CNNs with random kernel sizes, strides, groups and

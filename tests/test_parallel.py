@@ -36,7 +36,7 @@ SCRIPT = textwrap.dedent("""
 
     net = from_flax(Net())
     b = data.default_batch(8)
-    b = data.Batch(b.x[:, ::4, ::4], b.y)  # 8 x 8 images
+    b = data.Batch(b.x[:, ::4, ::4], b.y % 3)  # 8 x 8 images, labels of the 3-class head
     p = net.init(jax.random.key(0), b.x)
     x, y = jnp.asarray(b.x), jnp.asarray(b.y)
     one = ntk.empirical_ntk_fn(net)(p, x, y)
