@@ -114,19 +114,21 @@ def _loss_grad(net: Net, merge, kernels, x, y):
     return jax.grad(lambda w: _cross_entropy(net.apply(merge(w), x), y))(kernels)
 
 
-@functools.partial(jax.jit, static_argnums=0)
-def _fisher(fan_in: int, a: jax.Array, g: jax.Array) -> jax.Array:
+@functools.partial(jax.jit, static_argnums=(0, 1))
+def _fisher(fan_in: int, channels: int, a: jax.Array, g: jax.Array) -> jax.Array:
     """One layer with output a and dL/da: fan_in * sum_c 0.5 mean_i (sum_spatial a g)^2.
 
     The fan_in factor is the official code's broadcast of each channel's value over the
     channel's kernel slice (``reshape_elements`` in the zero-cost code) before everything is
     summed; without it 3x3 convolutions and the classifier are under-weighted.
     """
-    n, c = a.shape[0], a.shape[-1]
-    return fan_in * (0.5 * ((a * g).reshape(n, -1, c).sum(1) ** 2).mean(0)).sum()
+    n = a.shape[0]
+    return fan_in * (0.5 * ((a * g).reshape(n, -1, channels).sum(1) ** 2).mean(0)).sum()
 
 
 def _fan_in(spec, x: jax.Array) -> int:
+    if spec.kind == "dense":
+        return math.prod(x.shape[i] for i in spec.contract)
     return x.shape[-1] // spec.groups * math.prod(spec.kernel_size)
 
 
@@ -194,8 +196,10 @@ def _device_passes(net: Net, passes: frozenset[str], zico_splits: int):
                         ntk_lib.layer_weight_grad(specs[p], taps.inputs[p], g["dy"][p])
                         for p in paths]
             if "fisher" in passes:
-                out["fisher"] = sum(_fisher(_fan_in(s, taps.inputs[p]), taps.outputs[p],
-                                            g["dy"][p]) for p, s in specs.items())
+                out["fisher"] = sum(_fisher(_fan_in(s, taps.inputs[p]),
+                                            ntk_lib.out_channels(s, taps.outputs[p]),
+                                            taps.outputs[p], g["dy"][p])
+                                    for p, s in specs.items())
             if "ntk" in passes:
                 ntk_lib.check_decomposable(specs, params, "layers", _NTK_FIX)
                 ct = ntk_lib.output_cotangents(logits, y, "label")

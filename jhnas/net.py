@@ -48,12 +48,19 @@ BN_MODES = ("train", "eval", "none")
 
 
 class LayerSpec(NamedTuple):
-    """Static description of one tapped layer call (what the per-sample gradient needs)."""
+    """Static description of one tapped layer call (what the per-sample gradient needs).
+
+    ``"conv"``: an ``nn.Conv`` on channels-last input (N, *spatial, C_in); ``padding`` may also be
+    Flax's ``"CIRCULAR"``, ``"REFLECT"`` or ``"CAUSAL"`` (the input is padded before a
+    ``"VALID"`` convolution, as Flax does). ``"dense"``: an ``nn.Dense`` or ``nn.DenseGeneral``
+    contracting the input axes ``contract`` (in the kernel's order) into ``out_dims`` trailing
+    feature axes.
+    """
 
     kind: str  # "conv" or "dense"
     kernel_size: tuple[int, ...] = ()
     strides: tuple[int, ...] = ()
-    padding: Any = "VALID"  # "SAME", "VALID" or ((lo, hi), ...)
+    padding: Any = "VALID"  # "SAME", "VALID", "CIRCULAR", "REFLECT", "CAUSAL" or ((lo, hi), ...)
     input_dilation: tuple[int, ...] = ()
     kernel_dilation: tuple[int, ...] = ()
     groups: int = 1
@@ -63,6 +70,8 @@ class LayerSpec(NamedTuple):
     #: per-sample gradients from the layer's input and output cotangent are then gradients of
     #: the transformed kernel, not of the parameter.
     direct: bool = True
+    contract: tuple[int, ...] = (-1,)  # dense: input axes contracted, in the kernel's order
+    out_dims: int = 1  # dense: trailing feature axes of the output
 
 
 class Taps(NamedTuple):
@@ -92,6 +101,10 @@ class Net(NamedTuple):
         cotangents of ``"params"``, ``"x"`` and/or ``"dy"``. ``None``: use the generic one,
         :func:`vjp` (``jax.vjp``); :func:`from_blocks` pulls back block by block through
         compiled reverse passes, which computes only what ``wrt`` asks for.
+      coupled: ``(params, x) -> bool``: whether a sample's outputs depend on the other samples of
+        the batch (train-mode BatchNorm) or on the batch's shape (random masks); None: assume
+        they do. Without coupling the exact Jacobian of the batched function is the per-sample
+        one, which :func:`jhnas.ntk.empirical_ntk_fn` then computes sample by sample.
     """
 
     apply: Callable[[Params, jax.Array], jax.Array]
@@ -101,6 +114,7 @@ class Net(NamedTuple):
     tapped: Callable[..., tuple[jax.Array, Taps, list[jax.Array]]] | None = None
     compiled: bool = False  # functions are already jit-compiled piecewise (:func:`from_blocks`)
     vjp: Callable[..., tuple[jax.Array, Callable[..., dict], Any]] | None = None
+    coupled: Callable[[Params, jax.Array], bool] | None = None
 
 
 _WRT = ("params", "x", "dy")
@@ -151,19 +165,41 @@ def vjp(net: Net, params: Params, x: jax.Array, dy: Mapping | None = None):
     return logits, pullback, aux
 
 
-def from_apply(apply: Callable[[Params, jax.Array], jax.Array]) -> Net:
-    """Wraps a plain ``apply(params, x) -> logits``; no taps, BatchNorm left as the function has it."""
-    return Net(apply=apply, apply_nobn=apply)
+def from_apply(apply: Callable[[Params, jax.Array], jax.Array], *,
+               batch_coupled: bool = True) -> Net:
+    """Wraps a plain ``apply(params, x) -> logits``; no taps, BatchNorm left as the function has it.
+
+    ``batch_coupled=False`` declares that each sample's logits depend on that sample alone (no
+    batch statistics, no random masks): the exact NTK is then computed sample by sample.
+    """
+    return Net(apply=apply, apply_nobn=apply, coupled=lambda params, x: batch_coupled)
 
 
-def _spec(mod: nn.Module, x: jax.Array) -> LayerSpec:
+#: The layers :func:`from_flax` taps; other parameterised layers are not tapped, and the
+#: decomposition names their parameters in an error (:func:`jhnas.ntk.check_decomposable`).
+TAPPED = (nn.Conv, nn.Dense, nn.DenseGeneral)
+
+
+def _spec(mod: nn.Module, x: jax.Array) -> LayerSpec | None:
+    """The layer call's :class:`LayerSpec`, None if its per-sample gradients cannot be taken from
+    its input and output cotangent (then it is not tapped)."""
     if isinstance(mod, nn.Dense):
-        return LayerSpec("dense", use_bias=mod.use_bias)
-    rank = x.ndim - 2
+        return LayerSpec("dense", use_bias=mod.use_bias, contract=(x.ndim - 1,))
+    if isinstance(mod, nn.DenseGeneral):
+        if mod.batch_dims or x.ndim < 2:
+            return None
+        axis = (mod.axis,) if isinstance(mod.axis, int) else tuple(mod.axis)
+        contract = tuple(a % x.ndim for a in axis)
+        if 0 in contract:  # the batch axis
+            return None
+        features = (mod.features,) if isinstance(mod.features, int) else tuple(mod.features)
+        return LayerSpec("dense", use_bias=mod.use_bias, contract=contract,
+                         out_dims=len(features))
+    rank = len(mod.kernel_size) if not isinstance(mod.kernel_size, int) else 1
+    if x.ndim != rank + 2:  # Flax flattens several batch axes or adds a missing one
+        return None
     tup = lambda v: (v,) * rank if isinstance(v, int) else tuple(v or (1,) * rank)
     padding = canonicalize_padding(mod.padding, rank)
-    if isinstance(padding, str) and padding not in ("SAME", "VALID"):
-        raise NotImplementedError(f"tapping a Conv with padding {padding!r} is not supported")
     if not isinstance(padding, str):
         padding = tuple(tuple(p) for p in padding)
     return LayerSpec("conv", tup(mod.kernel_size), tup(mod.strides), padding,
@@ -187,10 +223,10 @@ def _interceptor(bn: str, tap: bool, specs: dict | None):
                 return next_fun(args[0], **{**kwargs, "use_running_average": bn == "eval"})
             finally:
                 object.__setattr__(mod, "use_running_average", saved)
-        if tap and isinstance(mod, (nn.Conv, nn.Dense)):
+        if tap and isinstance(mod, TAPPED) and (spec := _spec(mod, args[0])) is not None:
             x = args[0]
             if specs is not None:
-                specs[tuple(mod.scope.path)] = _spec(mod, x)
+                specs[tuple(mod.scope.path)] = spec
             y = next_fun(*args, **kwargs)
             mod.sow(_TAPS, "jhnas_x", x)
             y = mod.perturb("jhnas_dy", y, collection=_PERTURB)
@@ -211,7 +247,7 @@ def bn_mode(mode: str):
 
 def leaf_paths(tree) -> list[Path]:
     """The path of names of every leaf of ``tree``, in ``jax.tree.leaves`` order."""
-    return [tuple(getattr(k, "key", getattr(k, "name", k)) for k in path)
+    return [tuple(getattr(k, "key", getattr(k, "name", getattr(k, "idx", k))) for k in path)
             for path, _ in jax.tree_util.tree_flatten_with_path(tree)[0]]
 
 
@@ -269,7 +305,8 @@ def _flat(tree, leaf_name: str) -> dict[Path, Any]:
 
 
 def from_flax(module: nn.Module, *, bn: str = "train", state: Mapping | None = None,
-              rngs: Mapping[str, jax.Array] | None = None) -> Net:
+              rngs: Mapping[str, jax.Array] | None = None,
+              batch_coupled: bool | None = None) -> Net:
     """Builds a :class:`Net` from a Flax module whose ``__call__(x)`` returns logits.
 
     Args:
@@ -283,6 +320,9 @@ def from_flax(module: nn.Module, *, bn: str = "train", state: Mapping | None = N
         ``nn.Dropout`` in training mode: the same masks on every call, so the metrics and the NTK
         stay functions of the parameters and the batch (the masks depend on the batch's shape:
         ``implementation="per_sample"`` draws other masks than the batched passes).
+      batch_coupled: whether a sample's logits depend on the rest of the batch. ``None``
+        (default): yes if an ``nn.BatchNorm`` runs in train mode or ``rngs`` are given. Pass
+        ``True`` for a module that mixes samples in its own code (e.g. ``x - x.mean(0)``).
     """
     if bn not in BN_MODES:
         raise ValueError(f"bn must be one of {BN_MODES}, got {bn!r}")
@@ -309,6 +349,20 @@ def from_flax(module: nn.Module, *, bn: str = "train", state: Mapping | None = N
         with nn.intercept_methods(_interceptor(bn, False, None)):
             return module.init(key, x).get("params", {})
 
+    def coupled(params, x):
+        if batch_coupled is not None or rngs or bn != "train":
+            return bool(batch_coupled or (batch_coupled is None and rngs))
+        found = []
+
+        def record(next_fun, args, kwargs, context):
+            if isinstance(context.module, nn.BatchNorm) and context.method_name == "__call__":
+                found.append(context.module)
+            return next_fun(*args, **kwargs)
+
+        with nn.intercept_methods(record):  # a fresh function: eval_shape caches traces
+            jax.eval_shape(lambda p, h: apply(p, h), params, x)
+        return bool(found)
+
     def layers(params, x):
         specs: dict[Path, LayerSpec] = {}
         jaxpr, (_, coll) = jax.make_jaxpr(
@@ -329,7 +383,8 @@ def from_flax(module: nn.Module, *, bn: str = "train", state: Mapping | None = N
         relus = [a for v in _flat(coll.get(RELU_INPUTS), "relu_in").values() for a in v]
         return logits, Taps({k: v[0] for k, v in xs.items()}, {k: v[0] for k, v in ys.items()}), relus
 
-    return Net(apply=apply, init=init, apply_nobn=apply_nobn, layers=layers, tapped=tapped)
+    return Net(apply=apply, init=init, apply_nobn=apply_nobn, layers=layers, tapped=tapped,
+               coupled=coupled)
 
 
 # ----------------------------------------------------------------------------- block composition
@@ -622,4 +677,4 @@ def from_blocks(blocks: Sequence[Block],
         return logits, pullback, aux
 
     return Net(apply=apply, init=init, apply_nobn=apply_nobn, layers=layers, tapped=tapped,
-               compiled=True, vjp=vjp)
+               compiled=True, vjp=vjp, coupled=lambda params, x: bn == "train")

@@ -8,16 +8,18 @@ parameters :math:`\theta`, the empirical NTK is the Gram matrix of the output Ja
 The outputs are chosen with ``output``: ``"label"`` the true-label logit of each sample
 (:math:`f_{y_i}(x_i)`, M = N; the NASI/HNAS metric), ``"sum"`` the sum of each sample's logits
 (M = N; TE-NAS), ``"all"`` every logit (M = N·K, rows ordered sample-major, ``i * K + k``).
-The parameters with ``params``: ``"layers"`` kernels and biases of every Conv/Dense layer (the
-official choice; BatchNorm scales/biases excluded), ``"kernels"`` kernels only, ``"all"``.
+The parameters with ``params`` (:func:`param_mask`): ``"layers"`` every kernel and the bias beside
+it (the official choice; normalisation scales and embedding tables excluded), ``"kernels"``
+kernels only, ``"all"``, or a predicate or mask.
 
 Three implementations (:class:`Implementation`):
 
-* ``JACOBIAN``: rows of the exact Jacobian of the *batched* function, one reverse pass per output,
-  ``chunk_size`` at a time. With train-mode BatchNorm the samples are coupled and this is the true
-  :math:`\partial f_i / \partial\theta` of the batched network. A reference, slow for CNNs on
-  XLA:CPU, which runs convolution gradients inside loops and ``vmap`` s of reverse passes far
-  below its normal speed (neural-tangents' Jacobians in ``bench/results/torch_vs_jax.md``).
+* ``JACOBIAN``: the exact Jacobian of the *batched* function. When the samples are coupled
+  (``Net.coupled``: train-mode BatchNorm, random masks, or declared) it takes its rows one
+  reverse pass per output, ``chunk_size`` at a time: the true :math:`\partial f_i /
+  \partial\theta` of the batched network, slow for CNNs on XLA:CPU. Without coupling that
+  Jacobian is the per-sample one, and it is computed as ``PER_SAMPLE`` (per-sample Jacobians
+  contracted, as neural-tangents does).
 * ``PER_SAMPLE``: ``vmap`` of the gradient of the single-sample function. Each sample runs alone
   (with train-mode BatchNorm it is normalised by its own statistics).
 * ``DECOMPOSITION``: one batched forward and one backward pass of :math:`S = \sum_i f_i`; per layer
@@ -55,7 +57,7 @@ from __future__ import annotations
 import enum
 import functools
 import math
-from typing import Any, Callable
+from typing import Any, Callable, Collection
 
 import jax
 import jax.numpy as jnp
@@ -82,25 +84,62 @@ class Implementation(enum.Enum):
 
 # ----------------------------------------------------------------------------- parameter subsets
 
-def param_mask(params, which: str = "layers"):
-    """Boolean pytree: which leaves belong to the parameter set ``which`` (see module doc).
+#: A parameter choice: one of :data:`PARAM_SETS`, a predicate ``(path, leaf) -> bool`` (``path``
+#: the tuple of names or indices leading to the leaf), or a pytree of bools shaped like params.
+ParamChoice = Any
 
-    A leaf is a layer parameter if it is named ``kernel``, or named ``bias`` next to a ``kernel``.
+
+def param_mask(params, which: ParamChoice = "layers"):
+    """Boolean pytree: which leaves of ``params`` the parameter choice ``which`` selects.
+
+    ``"layers"``: every leaf named ``kernel`` (the weights of ``nn.Conv``, ``nn.Dense``,
+    ``nn.DenseGeneral``, ``nn.ConvTranspose``, ...) and every ``bias`` beside one; not
+    normalisation scales and shifts, embedding tables or other parameters. ``"kernels"``: the
+    kernels only. ``"all"``: every leaf. A predicate or a boolean pytree selects what it says.
+    Raises ``ValueError`` for an unknown name or a mask of another shape.
     """
-    if which not in PARAM_SETS:
-        raise ValueError(f"params must be one of {PARAM_SETS}, got {which!r}")
     paths = leaf_paths(params)
+    treedef = jax.tree.structure(params)
+    if callable(which):
+        leaves = jax.tree.leaves(params)
+        return treedef.unflatten([bool(which(p, leaf)) for p, leaf in zip(paths, leaves)])
+    if not isinstance(which, str):
+        try:
+            keep = treedef.flatten_up_to(which)
+        except (ValueError, TypeError) as e:
+            raise ValueError(f"a params mask must have the structure of the parameters: {e}") \
+                from None
+        return treedef.unflatten([bool(k) for k in keep])
+    if which not in PARAM_SETS:
+        raise ValueError(f"params must be one of {PARAM_SETS}, a predicate (path, leaf) -> bool "
+                         f"or a boolean pytree, got {which!r}")
     present = set(paths)
 
-    def keep(path):
-        if which == "all":
-            return True
-        if path[-1] == "kernel":
+    def keep_leaf(path):
+        if which == "all" or path[-1] == "kernel":
             return True
         return which == "layers" and path[-1] == "bias" and path[:-1] + ("kernel",) in present
 
-    treedef = jax.tree.structure(params)
-    return treedef.unflatten([keep(p) for p in paths])
+    return treedef.unflatten([keep_leaf(p) for p in paths])
+
+
+def selected(params, which: ParamChoice = "layers") -> list[str]:
+    """The paths (``"a/b/kernel"``) of the parameters that ``which`` selects, in leaf order."""
+    return ["/".join(map(str, p)) for p, keep in
+            zip(leaf_paths(params), jax.tree.leaves(param_mask(params, which))) if keep]
+
+
+def _checked_mask(params, which: ParamChoice):
+    """:func:`param_mask`, with an error if it selects nothing."""
+    mask = param_mask(params, which)
+    if not any(jax.tree.leaves(mask)):
+        hint = ("it selects leaves named 'kernel' (and a 'bias' beside one), and this parameter "
+                "tree has none (a plain function's parameters, e.g. a neural-tangents stax "
+                "network's tuples, have no names): pass params='all', a predicate "
+                "(path, leaf) -> bool or a boolean pytree" if isinstance(which, str) else
+                "the mask or predicate is False everywhere")
+        raise ValueError(f"params={which!r} selects no parameter: {hint}")
+    return mask
 
 
 def split_params(params, mask):
@@ -154,18 +193,54 @@ def _per_sample_gram(apply, params, x, y, *, output, mask, chunk_size):
     return _gram_of_rows(rows)
 
 
+#: jnp.pad modes of Flax's padding strings that pad the input before a "VALID" convolution.
+_PAD_MODES = {"CIRCULAR": "wrap", "REFLECT": "reflect", "CAUSAL": "constant"}
+
+
+def _prepad(spec: LayerSpec, a: jax.Array) -> tuple[LayerSpec, jax.Array]:
+    """A convolution with Flax's ``"CIRCULAR"``, ``"REFLECT"`` or ``"CAUSAL"`` padding as the
+    ``"VALID"`` convolution of the input padded the way ``nn.Conv`` pads it; others unchanged."""
+    if spec.kind != "conv" or spec.padding not in _PAD_MODES:
+        return spec, a
+    dilated = [(k - 1) * d + 1 for k, d in zip(spec.kernel_size, spec.kernel_dilation)]
+    pads = ([(dilated[0] - 1, 0)] if spec.padding == "CAUSAL"
+            else [((k - 1) // 2, k // 2) for k in dilated])
+    return (spec._replace(padding="VALID"),
+            jnp.pad(a, [(0, 0), *pads, (0, 0)], mode=_PAD_MODES[spec.padding]))
+
+
+def _dense_operands(spec: LayerSpec, a: jax.Array, delta: jax.Array):
+    """A dense layer's input as (N, S, C_in) and output cotangent as (N, S, C_out): the
+    contracted input axes moved last (in the kernel's order) and flattened, the trailing
+    ``out_dims`` feature axes flattened, the other axes as S positions."""
+    n = a.shape[0]
+    keep = [i for i in range(1, a.ndim) if i not in spec.contract]
+    x = jnp.transpose(a, (0, *keep, *spec.contract))
+    x = x.reshape(n, -1, math.prod(a.shape[i] for i in spec.contract))
+    return x, delta.reshape(n, -1, math.prod(delta.shape[delta.ndim - spec.out_dims:]))
+
+
+def out_channels(spec: LayerSpec, out: jax.Array) -> int:
+    """A layer's output channels: a convolution's last axis, a dense layer's feature axes."""
+    return math.prod(out.shape[out.ndim - spec.out_dims:]) if spec.kind == "dense" else \
+        out.shape[-1]
+
+
 def per_sample_layer_grads(spec: LayerSpec, a: jax.Array, delta: jax.Array):
     """Per-sample gradients of one layer, ``(kernel (N, D), bias (N, C_out))``.
 
     ``a`` is the layer input (N, ..., C_in), ``delta`` the output cotangent (N, ..., C_out);
-    kernel gradients come flattened in the (group, C_in/group·window, C_out/group) order.
+    kernel gradients come flattened in the (group, C_in/group·window, C_out/group) order (a
+    dense layer: the kernel's own order).
     """
+    if spec.kind == "dense":
+        x, d = _dense_operands(spec, a, delta)
+        kernel = jnp.einsum("nsi,nso->nio", x, d)
+        return kernel.reshape(x.shape[0], -1), d.sum(1)
+    spec, a = _prepad(spec, a)
     n, c_out = delta.shape[0], delta.shape[-1]
     d = delta.reshape(n, -1, c_out)
     bias = d.sum(1)
-    if spec.kind == "dense":
-        kernel = jnp.einsum("nsi,nso->nio", a.reshape(n, -1, a.shape[-1]), d)
-        return kernel.reshape(n, -1), bias
     rank = a.ndim - 2
     spatial = "HWD"[:rank] if rank <= 3 else None
     if spatial is None:
@@ -190,9 +265,12 @@ def layer_weight_grad(spec: LayerSpec, a: jax.Array, delta: jax.Array) -> jax.Ar
     kernel gradient (a convolution's through :func:`jhnas.nn.chunked_conv`), so one backward pass
     serves the NTK, Fisher and the loss gradient. jitted per layer configuration.
     """
-    c_in, c_out = a.shape[-1], delta.shape[-1]
     if spec.kind == "dense":
-        return jnp.einsum("si,so->io", a.reshape(-1, c_in), delta.reshape(-1, c_out))
+        x, d = _dense_operands(spec, a, delta)
+        shape = (*(a.shape[i] for i in spec.contract), *delta.shape[delta.ndim - spec.out_dims:])
+        return jnp.einsum("nsi,nso->io", x, d).reshape(shape)
+    spec, a = _prepad(spec, a)
+    c_in, c_out = a.shape[-1], delta.shape[-1]
     rank = a.ndim - 2
     spatial = "HWD"[:rank]
     dn = ("N" + spatial + "C", spatial + "IO", "N" + spatial + "C")
@@ -204,18 +282,19 @@ def layer_weight_grad(spec: LayerSpec, a: jax.Array, delta: jax.Array) -> jax.Ar
     return jax.vjp(conv, jnp.zeros(shape, a.dtype))[1](delta)[0]
 
 
-def gram_from_taps(specs, inputs, deltas, *, biases: bool = True,
+def gram_from_taps(specs, inputs, deltas, *, biases: bool | Collection = True,
                    scan_offsets: bool = False) -> jax.Array:
-    """The decomposition's Gram from one tapped pass.
+    """The decomposition's Gram from one tapped pass, over the layers of ``specs``.
 
     ``inputs[path]`` is a layer's input (N, ...); ``deltas[path]`` its output cotangents for
     ``outs`` output directions, (outs, N, ...). Rows are ordered sample-major (``i * outs + o``).
+    ``biases``: whether the layers' biases count (or the paths of the layers whose bias counts).
     ``scan_offsets``: see :func:`_layer_gram`.
     """
     gram = 0.0
     for path, spec in specs.items():
-        gram = gram + _layer_gram(spec, inputs[path], deltas[path], spec.use_bias and biases,
-                                  scan_offsets)
+        bias = spec.use_bias and (biases if isinstance(biases, bool) else path in biases)
+        gram = gram + _layer_gram(spec, inputs[path], deltas[path], bias, scan_offsets)
     return gram
 
 
@@ -249,11 +328,12 @@ def _layer_gram(spec: LayerSpec, a: jax.Array, deltas: jax.Array, bias: bool,
     copies of any layer input into the forward pass and keep them alive through the backward
     pass (``bench/results/parallel.md``).
     """
+    spec, a = _prepad(spec, a)
     n, outs = a.shape[0], deltas.shape[0]
     flat = lambda r: r.reshape(n * outs, -1)  # (n, outs, ...) -> sample-major rows
     gram = jnp.zeros((n * outs, n * outs), deltas.dtype)
     if bias:
-        b = deltas.reshape(outs, n, -1, deltas.shape[-1]).sum(2)  # (outs, N, C_out)
+        b = deltas.reshape(outs, n, -1, out_channels(spec, deltas)).sum(2)  # (outs, N, C_out)
         gram = gram + _gram_of_rows([flat(jnp.swapaxes(b, 0, 1))])
     if spec.kind == "dense" or any(d != 1 for d in spec.input_dilation):
         kern, _ = jax.vmap(lambda d: per_sample_layer_grads(spec, a, d))(deltas)
@@ -385,28 +465,35 @@ def ones_like(a: jax.Array) -> jax.Array:
     return 1 + 0 * lax.stop_gradient(a)
 
 
-def check_decomposable(specs: dict, params, which: str,
-                       fix: str = "use implementation='jacobian' or 'per_sample'") -> None:
-    """Raises ``ValueError`` (ending in ``fix``) unless the taps give the per-sample gradient of
-    every parameter that ``which`` selects: each belongs to a tapped ``nn.Conv``/``nn.Dense``
-    layer whose kernel and bias reach its convolution or matmul unchanged
-    (``LayerSpec.direct``)."""
+def check_decomposable(specs: dict, params, which: ParamChoice,
+                       fix: str = "use implementation='jacobian' or 'per_sample'") -> set:
+    """The paths of the parameters ``which`` selects; ``ValueError`` (ending in ``fix``) unless
+    the taps give the per-sample gradient of each: it is the kernel, or the bias together with
+    the kernel, of a tapped layer (:data:`jhnas.net.TAPPED`) whose kernel and bias reach its
+    convolution or matmul unchanged (``LayerSpec.direct``)."""
     name = lambda p: "/".join(map(str, p))  # noqa: E731
     bad = [name(p) for p, s in specs.items() if not s.direct]
     if bad:
         raise ValueError(f"the decomposition cannot take per-sample gradients of layer(s) "
                          f"{', '.join(bad)}: the kernel or bias is transformed before the "
-                         f"convolution/matmul uses it (a mask, weight standardisation, a "
-                         f"parameter used twice); {fix}")
+                         f"convolution/matmul uses it, or reaches it through a transformation "
+                         f"jhnas does not follow (a mask, weight standardisation, a parameter "
+                         f"used twice, nn.scan, nn.remat); {fix}")
     covered = {p + (leaf,) for p, s in specs.items()
                for leaf in (("kernel", "bias") if s.use_bias else ("kernel",))}
-    selected = [p for p, keep in zip(leaf_paths(params),
-                                     jax.tree.leaves(param_mask(params, which))) if keep]
-    missing = [name(p) for p in selected if p not in covered]
+    chosen = {p for p, keep in zip(leaf_paths(params),
+                                   jax.tree.leaves(_checked_mask(params, which))) if keep}
+    missing = [name(p) for p in leaf_paths(params) if p in chosen and p not in covered]
     if missing:
         more = f" and {len(missing) - 5} more" if len(missing) > 5 else ""
-        raise ValueError(f"the decomposition taps nn.Conv and nn.Dense layers only; "
-                         f"params={which!r} also selects {', '.join(missing[:5])}{more}; {fix}")
+        raise ValueError(f"the decomposition takes the kernels and biases of the nn.Conv, "
+                         f"nn.Dense and nn.DenseGeneral layers it taps; params={which!r} also "
+                         f"selects {', '.join(missing[:5])}{more}; {fix}")
+    orphans = [name(p) for p in specs if p + ("bias",) in chosen and p + ("kernel",) not in chosen]
+    if orphans:
+        raise ValueError(f"the decomposition takes a layer's bias only with its kernel; "
+                         f"params={which!r} selects the bias alone of {', '.join(orphans)}; {fix}")
+    return chosen
 
 
 def _decomposition_gram(net: Net, params, x, y, *, output, which, scan_offsets=False):
@@ -414,14 +501,12 @@ def _decomposition_gram(net: Net, params, x, y, *, output, which, scan_offsets=F
         raise ValueError("the decomposition needs a tappable net: build it with "
                          "jhnas.net.from_flax(module); plain functions support 'jacobian' and "
                          "'per_sample'")
-    if which == "all":
-        raise ValueError("the decomposition covers Conv/Dense layers only: params='layers' or "
-                         "'kernels'")
     specs, dy0 = net.layers(params, x)
-    check_decomposable(specs, params, which)
+    chosen = check_decomposable(specs, params, which)
     logits, pull, (taps, _) = net_vjp(net, params, x, dy0)
     deltas = jax.vmap(lambda c: pull(c, ("dy",))["dy"])(output_cotangents(logits, y, output))
-    return gram_from_taps(specs, taps.inputs, deltas, biases=which == "layers",
+    return gram_from_taps({p: s for p, s in specs.items() if p + ("kernel",) in chosen},
+                          taps.inputs, deltas, biases={p for p in specs if p + ("bias",) in chosen},
                           scan_offsets=scan_offsets)
 
 
@@ -436,7 +521,9 @@ def empirical_ntk_fn(f: Net | Callable, *, implementation: Implementation | str 
       f: a :class:`jhnas.net.Net` or a plain ``apply(params, x) -> logits`` (N, K).
       implementation: see :class:`Implementation`.
       output: ``"label"``, ``"sum"`` or ``"all"``.
-      params: ``"layers"``, ``"kernels"`` or ``"all"``.
+      params: ``"layers"``, ``"kernels"``, ``"all"``, a predicate ``(path, leaf) -> bool`` or a
+        boolean pytree (:func:`param_mask`; :func:`selected` lists what it selects). Selecting
+        nothing is an error.
       chunk_size: reverse passes (JACOBIAN) or samples (PER_SAMPLE) vectorised at once; bounds
         memory to about ``chunk_size`` gradients.
       backend: ``"jhnas"`` or ``"neural_tangents"`` (JACOBIAN and PER_SAMPLE only; optional
@@ -450,8 +537,9 @@ def empirical_ntk_fn(f: Net | Callable, *, implementation: Implementation | str 
     net = f if isinstance(f, Net) else from_apply(f)
     if output not in OUTPUTS:
         raise ValueError(f"output must be one of {OUTPUTS}, got {output!r}")
-    if params not in PARAM_SETS:
-        raise ValueError(f"params must be one of {PARAM_SETS}, got {params!r}")
+    if isinstance(params, str) and params not in PARAM_SETS:
+        raise ValueError(f"params must be one of {PARAM_SETS}, a predicate (path, leaf) -> bool "
+                         f"or a boolean pytree, got {params!r}")
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
     if backend == "neural_tangents":
@@ -464,8 +552,10 @@ def empirical_ntk_fn(f: Net | Callable, *, implementation: Implementation | str 
         if impl is Implementation.DECOMPOSITION:
             return _decomposition_gram(net, p, x, y, output=output, which=params,
                                        scan_offsets=scan_offsets)
-        fn = _jacobian_gram if impl is Implementation.JACOBIAN else _per_sample_gram
-        return fn(net.apply, p, x, y, output=output, mask=param_mask(p, params),
+        exact_rows = impl is Implementation.JACOBIAN and (net.coupled is None
+                                                          or net.coupled(p, x))
+        fn = _jacobian_gram if exact_rows else _per_sample_gram
+        return fn(net.apply, p, x, y, output=output, mask=_checked_mask(p, params),
                   chunk_size=chunk_size)
 
     # a net of compiled blocks runs the glue eagerly (an outer jit would compile it whole again)
@@ -489,7 +579,7 @@ def _nt_ntk_fn(net: Net, impl: Implementation, *, output: str, which: str,
     def ntk(p, x, y=None):
         if output == "label" and y is None:
             raise ValueError("output='label' needs the labels y")
-        selected, merge = split_params(p, param_mask(p, which))
+        selected, merge = split_params(p, _checked_mask(p, which))
 
         def f(s, xx, y):  # (N, outs); with vmap_axes NT calls it on one sample at a time
             return select_outputs(net.apply(merge(s), xx), y, output).reshape(xx.shape[0], -1)
