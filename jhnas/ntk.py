@@ -64,6 +64,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
+from jhnas import _nt_compat
 from jhnas.data import check_labels
 from jhnas.net import LayerSpec, Net, from_apply, leaf_paths
 from jhnas.net import vjp as net_vjp
@@ -171,11 +172,15 @@ def _gram_of_rows(rows) -> jax.Array:
 
 # ----------------------------------------------------------------------------- implementations
 
+#: Reverse passes of the coupled JACOBIAN vectorised at once when ``chunk_size`` is None.
+JACOBIAN_CHUNK = 16
+
+
 def _jacobian_gram(apply, params, x, y, *, output, mask, chunk_size):
     selected, merge = split_params(params, mask)
     out, vjp = jax.vjp(lambda s: select_outputs(apply(merge(s), x), y, output), selected)
     basis = jnp.eye(out.shape[0], dtype=out.dtype)
-    rows = lax.map(lambda e: vjp(e)[0], basis, batch_size=chunk_size)
+    rows = lax.map(lambda e: vjp(e)[0], basis, batch_size=chunk_size or JACOBIAN_CHUNK)
     return _gram_of_rows(rows)
 
 
@@ -186,11 +191,15 @@ def _per_sample_gram(apply, params, x, y, *, output, mask, chunk_size):
         f = lambda s: select_outputs(apply(merge(s), xi[None]), yi[None], output)
         return jax.jacrev(f)(selected)  # leaves (1 or K, *shape)
 
-    # y only matters for output="label"; dummy labels keep lax.map's inputs uniform otherwise
+    # y only matters for output="label"; dummy labels keep the chunks' inputs uniform otherwise
     ys = y if y is not None else jnp.zeros(x.shape[0], jnp.int32)
-    rows = lax.map(lambda a: one(*a), (x, ys), batch_size=chunk_size)
-    rows = jax.tree.map(lambda r: r.reshape((-1,) + r.shape[2:]), rows)  # (N*outs, *shape)
-    return _gram_of_rows(rows)
+    n = x.shape[0]
+    step = n if chunk_size is None else max(1, min(chunk_size, n))
+    # chunks unrolled, not lax.map: XLA:CPU runs the per-sample convolution gradients about 19x
+    # slower inside a loop (bench/results/ntk_zoo_speed.md)
+    chunks = [jax.vmap(one)(x[i:i + step], ys[i:i + step]) for i in range(0, n, step)]
+    rows = jax.tree.map(lambda *r: jnp.concatenate(r).reshape((-1,) + r[0].shape[2:]), *chunks)
+    return _gram_of_rows(rows)  # rows (N*outs, *shape), sample-major
 
 
 #: jnp.pad modes of Flax's padding strings that pad the input before a "VALID" convolution.
@@ -335,7 +344,9 @@ def _layer_gram(spec: LayerSpec, a: jax.Array, deltas: jax.Array, bias: bool,
     if bias:
         b = deltas.reshape(outs, n, -1, out_channels(spec, deltas)).sum(2)  # (outs, N, C_out)
         gram = gram + _gram_of_rows([flat(jnp.swapaxes(b, 0, 1))])
-    if spec.kind == "dense" or any(d != 1 for d in spec.input_dilation):
+    if spec.kind == "dense":
+        return gram + _dense_gram(spec, a, deltas)
+    if any(d != 1 for d in spec.input_dilation):
         kern, _ = jax.vmap(lambda d: per_sample_layer_grads(spec, a, d))(deltas)
         return gram + _gram_of_rows([flat(jnp.swapaxes(kern, 0, 1))])
     offsets = list(np.ndindex(*spec.kernel_size))
@@ -363,6 +374,31 @@ def _layer_gram(spec: LayerSpec, a: jax.Array, deltas: jax.Array, bias: bool,
     d = jnp.swapaxes(d.reshape(outs, n // chunk, chunk, *d.shape[2:]), 0, 1)
     rows = lax.map(chunk_grads, (a.reshape(n // chunk, chunk, *a.shape[1:]), d))
     return gram + _gram_of_rows([rows.reshape(n * outs, -1)])
+
+
+def _dense_gram(spec: LayerSpec, a: jax.Array, deltas: jax.Array) -> jax.Array:
+    r"""A dense layer's kernel Gram, (N * outs, N * outs), sample-major rows.
+
+    With the input as S positions of C_in features (:func:`_dense_operands`), sample :math:`i`'s
+    kernel gradient for output :math:`o` is :math:`\sum_s x_{is} \otimes \delta_{ios}`, so
+
+    .. math:: \Theta_{(i,o),(j,p)} = \sum_{s,t} (x_{is} \cdot x_{jt})\,
+              (\delta_{ios} \cdot \delta_{jpt}),
+
+    which never forms the (C_in x C_out) gradients. Used where it is cheaper than forming them
+    (:math:`S^2 (C_{in} + C_{out}) < C_{in} C_{out}`: one position per sample, as in an MLP);
+    otherwise the gradients are formed and multiplied.
+    """
+    n, outs = a.shape[0], deltas.shape[0]
+    x, _ = _dense_operands(spec, a, deltas[0])
+    d = jax.vmap(lambda dd: _dense_operands(spec, a, dd)[1])(deltas)  # (outs, N, S, C_out)
+    positions, c_in, c_out = x.shape[1], x.shape[2], d.shape[-1]
+    if positions ** 2 * (c_in + c_out) >= c_in * c_out:
+        kern = jnp.einsum("nsi,onsk->noik", x, d)
+        return _gram_of_rows([kern.reshape(n * outs, -1)])
+    xx = jnp.einsum("isc,jtc->ijst", x, x)
+    dd = jnp.einsum("oisc,pjtc->iojpst", d, d)
+    return jnp.einsum("ijst,iojpst->iojp", xx, dd).reshape(n * outs, n * outs)
 
 
 def _conv_rows(spec: LayerSpec, a: jax.Array, deltas: jax.Array) -> jax.Array:
@@ -511,7 +547,8 @@ def _decomposition_gram(net: Net, params, x, y, *, output, which, scan_offsets=F
 
 
 def empirical_ntk_fn(f: Net | Callable, *, implementation: Implementation | str = "decomposition",
-                     output: str = "label", params: str = "layers", chunk_size: int = 16,
+                     output: str = "label", params: ParamChoice = "layers",
+                     chunk_size: int | None = None,
                      backend: str = "jhnas", nt_implementation: str = "structured_derivatives",
                      scan_offsets: bool = False
                      ) -> Callable[[Any, jax.Array, jax.Array | None], jax.Array]:
@@ -524,8 +561,10 @@ def empirical_ntk_fn(f: Net | Callable, *, implementation: Implementation | str 
       params: ``"layers"``, ``"kernels"``, ``"all"``, a predicate ``(path, leaf) -> bool`` or a
         boolean pytree (:func:`param_mask`; :func:`selected` lists what it selects). Selecting
         nothing is an error.
-      chunk_size: reverse passes (JACOBIAN) or samples (PER_SAMPLE) vectorised at once; bounds
-        memory to about ``chunk_size`` gradients.
+      chunk_size: samples (PER_SAMPLE, and JACOBIAN without coupling) or reverse passes
+        (JACOBIAN with coupling) vectorised at once; bounds the memory of the passes to about
+        ``chunk_size`` of them. None: every sample at once, and :data:`JACOBIAN_CHUNK` reverse
+        passes.
       backend: ``"jhnas"`` or ``"neural_tangents"`` (JACOBIAN and PER_SAMPLE only; optional
         dependency, see the module docstring).
       nt_implementation: neural-tangents' algorithm, one of :data:`NT_IMPLEMENTATIONS`.
@@ -571,7 +610,6 @@ def _nt_ntk_fn(net: Net, impl: Implementation, *, output: str, which: str,
     if nt_implementation not in NT_IMPLEMENTATIONS:
         raise ValueError(f"nt_implementation must be one of {NT_IMPLEMENTATIONS}, got "
                          f"{nt_implementation!r}")
-    from jhnas import _nt_compat
     nt = _nt_compat.load()
     nt_impl = nt.NtkImplementation[nt_implementation.upper()]
     per_sample = impl is Implementation.PER_SAMPLE
