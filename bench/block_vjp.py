@@ -27,7 +27,7 @@ import numpy as np
 from jhnas import data, metrics
 from jhnas import ntk as ntk_lib
 from jhnas.net import vjp as net_vjp
-from jhnas.results import cpu_name, write_atomic
+from jhnas.experiments.results import cpu_name, write_atomic
 from jhnas.spaces import nb201
 
 RESULTS = Path(__file__).resolve().parent / "results"

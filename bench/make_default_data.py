@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from jhnas import data
-from jhnas.results import write_atomic
+from jhnas.experiments.results import write_atomic
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_SRC = ROOT.parent / "shared" / "data" / "cifar10-truncated-batches" / "data"

@@ -16,7 +16,7 @@ from pathlib import Path
 import flax
 import jax
 
-from jhnas.results import read_rows, write_atomic
+from jhnas.experiments.results import read_rows, write_atomic
 from jhnas.spaces import nb201
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from jhnas.results import write_atomic
+from jhnas.experiments.results import write_atomic
 from jhnas.spaces import nb201
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -8,7 +8,7 @@ import io
 import hashlib
 from pathlib import Path
 
-from jhnas.results import write_atomic
+from jhnas.experiments.results import write_atomic
 from jhnas.spaces import nb201
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -31,7 +31,7 @@ from pathlib import Path
 
 import numpy as np
 
-from jhnas.results import read_rows, write_atomic
+from jhnas.experiments.results import read_rows, write_atomic
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "results"
@@ -50,7 +50,7 @@ SMALLER_IS_BETTER = {"ntk_cond"}
 
 
 def sample_archs() -> list[str]:
-    from jhnas import score
+    from jhnas.experiments import score
     from jhnas.spaces import nb201
 
     return nb201.sample(score.keys(SAMPLE_SEED)[0], N_ARCHS)
@@ -62,10 +62,12 @@ def cmd_score(args) -> None:
 
     from tqdm import tqdm
 
-    from jhnas import data, score
+    from jhnas import data
+
+    from jhnas.experiments import score
     from jhnas.metrics import metrics_fn
     from jhnas.net import from_flax
-    from jhnas.results import ResultsCSV
+    from jhnas.experiments.results import ResultsCSV
     from jhnas.spaces import nb201
 
     i, n = map(int, args.shard.split("/"))
@@ -139,7 +141,7 @@ def spearman(a, b) -> tuple[float, int]:
 def cmd_report(args) -> None:
     import jax
 
-    from jhnas.results import cpu_name
+    from jhnas.experiments.results import cpu_name
 
     acc = accuracies()
     sz = suite_zero()

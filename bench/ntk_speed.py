@@ -35,9 +35,11 @@ import jax.numpy as jnp
 import numpy as np
 from jax._src.dispatch import BACKEND_COMPILE_EVENT
 
-from jhnas import data, ntk, score
+from jhnas import data, ntk
+
+from jhnas.experiments import score
 from jhnas.metrics import cross_entropy
-from jhnas.results import cpu_name, write_atomic
+from jhnas.experiments.results import cpu_name, write_atomic
 from jhnas.spaces import nb201
 
 RESULTS = Path(__file__).resolve().parent / "results"

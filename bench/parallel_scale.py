@@ -132,7 +132,7 @@ def main() -> None:
         import jax
         import jaxlib
 
-        from jhnas.results import cpu_name, write_atomic
+        from jhnas.experiments.results import cpu_name, write_atomic
         res = {"jax": jax.__version__, "jaxlib": jaxlib.__version__,
                "backend": jax.default_backend(), "devices": [str(d) for d in jax.devices()],
                "machine": f"{cpu_name()}, {os.cpu_count()} cores",

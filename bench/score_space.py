@@ -23,7 +23,9 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from jhnas import data, score
+from jhnas import data
+
+from jhnas.experiments import score
 from jhnas.spaces import nb201
 
 CHUNK = 100

@@ -25,8 +25,8 @@ import jax
 import jaxlib
 import numpy as np
 
-from jhnas import hnas
-from jhnas.results import cpu_name, update_json, write_atomic
+from jhnas.experiments import runners
+from jhnas.experiments.results import cpu_name, update_json, write_atomic
 
 RESULTS = Path(__file__).resolve().parent / "results"
 DATASETS = ("cifar10", "cifar100", "ImageNet16-120")
@@ -39,7 +39,7 @@ def main() -> None:
     flags = os.environ.get("XLA_FLAGS", "")
     label = args.label or f"jax {jax.__version__}" + (f", {flags}" if flags else "")
     t = time.perf_counter()
-    res = hnas.run_nb201("hnas", "ntk_trace", "cifar10", budget=20, seeds=range(10))
+    res = runners.run_nb201("hnas", "ntk_trace", "cifar10", budget=20, seeds=range(10))
     row = {"label": label, "jax": jax.__version__, "jaxlib": jaxlib.__version__,
            "python": platform.python_version(), "machine": cpu_name(), "xla_flags": flags,
            "seconds": time.perf_counter() - t,

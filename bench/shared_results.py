@@ -22,7 +22,7 @@ from pathlib import Path
 
 import jax
 
-from jhnas.results import cpu_name, read_rows, write_atomic
+from jhnas.experiments.results import cpu_name, read_rows, write_atomic
 from jhnas.spaces import nb201
 
 RESULTS = Path(__file__).resolve().parent / "results"

@@ -27,7 +27,7 @@ from scipy import stats
 
 from jhnas import data, train
 from jhnas.spaces import nb201
-from jhnas.results import write_atomic
+from jhnas.experiments.results import write_atomic
 
 RESULTS = Path(__file__).resolve().parent / "results"
 CIFAR = (Path(__file__).resolve().parents[2] / "shared" / "data" / "cifar10-truncated-batches" /

@@ -42,7 +42,7 @@ import numpy as np
 from jax import lax
 
 from jhnas.nn import CONV_CHUNK, chunked_conv
-from jhnas.results import cpu_name, write_atomic
+from jhnas.experiments.results import cpu_name, write_atomic
 
 RESULTS = Path(__file__).resolve().parent / "results"
 SHAPES = [(16, 32), (32, 16), (64, 8)]  # (channels, spatial size) of the NB201 stages

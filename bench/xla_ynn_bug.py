@@ -97,7 +97,7 @@ def report(rows: dict) -> str:
 
 
 def main() -> None:
-    cpuinfo = Path("/proc/cpuinfo")  # jhnas.results.cpu_name, without importing jhnas
+    cpuinfo = Path("/proc/cpuinfo")  # jhnas.experiments.results.cpu_name, without importing jhnas
     names = [line.split(":", 1)[1].strip() for line in
              (cpuinfo.read_text().splitlines() if cpuinfo.exists() else [])
              if line.startswith("model name")]
@@ -112,7 +112,7 @@ def main() -> None:
     path = RESULTS / "xla_ynn_bug.json"
     rows = json.loads(path.read_text()) if path.exists() else {}
     rows[row["jaxlib"]] = row
-    # written whole or not at all (jhnas.results.write_atomic; this script runs without jhnas)
+    # written whole or not at all (jhnas.experiments.results.write_atomic; this script runs without jhnas)
     for name, text in ((path, json.dumps(rows, indent=1) + "\n"),
                        (RESULTS / "xla_ynn_bug.md", report(rows))):
         tmp = name.with_name(f".{name.name}.tmp")

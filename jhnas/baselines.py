@@ -41,7 +41,8 @@ def random_search(key: jax.Array, problem: Problem, config: Config = Config()) -
 
 def regularized_evolution(key: jax.Array, problem: Problem, config: Config = Config(), *,
                           mutate: Mutate, population: int = 10, tournament: int = 3) -> State:
-    """REA; ``mutate(key, index) -> index`` changes one edge (:func:`nb201_mutate`)."""
+    """REA; ``mutate(key, index) -> index`` changes one edge (for NB201:
+    :func:`jhnas.spaces.nb201.mutate`)."""
     init_key, evo_key = jax.random.split(key)
     state = random_search(init_key, problem, config._replace(budget=min(population, config.budget)))
     alive = list(state.evaluated)
@@ -88,15 +89,3 @@ def metric_order(key: jax.Array, problem: Problem, config: Config = Config()) ->
     for i, index in enumerate(order[:config.budget]):
         state = evaluate(jax.random.fold_in(key, i), state, problem, int(index))
     return state
-
-
-def nb201_mutate(key: jax.Array, index: int) -> int:
-    """An NB201 neighbour: one of the 6 edges set to one of the 4 other ops."""
-    from jhnas.spaces import nb201
-
-    ops = list(nb201.parse(nb201.arch_at(index)))
-    k_edge, k_op = jax.random.split(key)
-    e = int(jax.random.randint(k_edge, (), 0, len(ops)))
-    others = [o for o in nb201.OPS if o != ops[e]]
-    ops[e] = others[int(jax.random.randint(k_op, (), 0, len(others)))]
-    return nb201.index_of(nb201.format_arch(ops))

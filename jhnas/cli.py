@@ -17,12 +17,23 @@ from __future__ import annotations
 
 import argparse
 import functools
+import json
 import os
 import sys
 import tempfile
 from pathlib import Path
 
-from jhnas.spaces.nb201 import ArchError
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jhnas import data, theory
+from jhnas.experiments import problems, runners, score
+from jhnas.experiments.results import write_atomic
+from jhnas.hnas import ACQUISITIONS, NU_SCALES, Config
+from jhnas.metrics import METRICS
+from jhnas.spaces import nb201
+from jhnas.spaces.nb201 import DATASETS, ArchError
 
 
 class UsageError(Exception):
@@ -52,8 +63,6 @@ def _output(path: str, flag: str) -> Path:
 
 def _batch(args, num_classes: int | None = 10):
     """The batch of ``--batch``/``--batch-size``, its labels checked against ``num_classes``."""
-    from jhnas import data
-
     if args.batch_size < 1:
         raise UsageError(f"--batch-size must be >= 1, got {args.batch_size}")
     if not args.batch:
@@ -93,7 +102,6 @@ def _read_archs(path: str) -> list[str]:
         archs.append((i, line))
     if not archs:
         raise UsageError(f"--archs: {path} holds no architecture")
-    from jhnas.spaces import nb201
 
     for i, a in archs:
         try:
@@ -104,10 +112,6 @@ def _read_archs(path: str) -> list[str]:
 
 
 def _score(args) -> None:
-    from jhnas import score
-    from jhnas.metrics import METRICS
-    from jhnas.spaces import nb201
-
     names = [m.strip() for m in args.metrics.split(",") if m.strip()]
     unknown = [m for m in names if m not in METRICS]
     if not names or unknown:
@@ -136,11 +140,6 @@ def _score(args) -> None:
 
 
 def _search(args) -> None:
-    import json
-
-    from jhnas import hnas
-    from jhnas.results import write_atomic
-
     if args.budget < 1:
         raise UsageError(f"--budget must be >= 1, got {args.budget}")
     if args.seeds < 1:
@@ -155,26 +154,32 @@ def _search(args) -> None:
     seeds = range(args.first_seed, args.first_seed + args.seeds)
     if args.trust_region and (args.space != "nb201" or args.method != "hnas"):
         raise UsageError("--trust-region is for --method hnas on --space nb201")
-    config = hnas.Config(acquisition=args.acquisition, nu_scale=args.nu_scale,
-                         trust_region=args.trust_region)
-    if args.signal == "train":
-        from jhnas import train
-
-        if args.dataset not in ("cifar10", "cifar100"):
-            raise UsageError("--signal train trains on CIFAR-10 or CIFAR-100 (--dataset)")
-        preset = train.PRESETS[args.preset]
-        tr, va = train.signal_data(preset, args.data_dir, args.dataset)
-        classes = 100 if args.dataset == "cifar100" else 10
-        name = (f"validation accuracy after {preset.config.epochs} epochs on {len(tr[1])} "
-                f"images, {len(va[1])} held out (jhnas.train preset {args.preset!r})")
+    config = Config(acquisition=args.acquisition, nu_scale=args.nu_scale,
+                    trust_region=args.trust_region)
+    if args.signal == "train" and args.dataset not in ("cifar10", "cifar100"):
+        raise UsageError("--signal train trains on CIFAR-10 or CIFAR-100 (--dataset)")
     if args.space == "darts":
-        res = _search_darts(args, config, preset, tr, va, classes, seeds, name)
+        if args.method not in runners.SPACE_FREE:
+            raise UsageError(f"--method {args.method} is not available on --space darts")
+        if args.metric != "ntk_trace":
+            raise UsageError("--space darts scores its pool with ntk_trace (M) and ntk_cond")
+        if args.pool < 2:
+            raise UsageError(f"--pool must be >= 2, got {args.pool}")
+        res = runners.run_darts(args.method, pool=args.pool, budget=args.budget, seeds=seeds,
+                                config=config, preset=args.preset, data_dir=args.data_dir,
+                                dataset=args.dataset, first_key=args.first_seed,
+                                progress=not args.quiet)
+    elif args.signal == "train":
+        preset = problems.PRESETS[args.preset]
+        tr, va = problems.signal_data(preset, args.data_dir, args.dataset)
+        res = runners.run_nb201(args.method, args.metric, args.dataset, budget=args.budget,
+                                seeds=seeds, config=config, progress=not args.quiet,
+                                signal=problems.nb201_signal(
+                                    preset, tr, va, 100 if args.dataset == "cifar100" else 10),
+                                signal_name=runners.signal_description(args.preset, tr, va))
     else:
-        signal = (train.nb201_signal(preset, tr, va, classes) if args.signal == "train"
-                  else None)
-        res = hnas.run_nb201(args.method, args.metric, args.dataset, budget=args.budget,
-                             seeds=seeds, config=config, progress=not args.quiet,
-                             signal=signal, signal_name=name if signal else None)
+        res = runners.run_nb201(args.method, args.metric, args.dataset, budget=args.budget,
+                                seeds=seeds, config=config, progress=not args.quiet)
     write_atomic(out, json.dumps(res, indent=1))
     m, s = res["mean"], res["std"]
     runs = f"{args.budget} evaluations, {args.seeds} seed{'s' if args.seeds != 1 else ''}"
@@ -194,79 +199,13 @@ def _search(args) -> None:
           + f"; {cost} {m['cost']:.0f} s -> {out}", file=sys.stderr)
 
 
-
-
-
-def _search_darts(args, config, preset, tr, va, classes, seeds, signal_name) -> dict:
-    """HNAS over a pool of random DARTS genotypes (M and kappa scored once, shared by the seeds),
-    each evaluation a short training."""
-    import jax
-
-    from jhnas import baselines, hnas, train
-    from jhnas.progress import bar, counted
-
-    if args.method not in ("hnas", "random", "argmax_metric", "argmin_kappa", "metric_order"):
-        raise UsageError(f"--method {args.method} is not available on --space darts")
-    if args.metric != "ntk_trace":
-        raise UsageError("--space darts scores its pool with ntk_trace (M) and ntk_cond")
-    if args.pool < 2:
-        raise UsageError(f"--pool must be >= 2, got {args.pool}")
-    problem = train.darts_problem(jax.random.key(args.first_seed), args.pool, preset, tr, va,
-                                  classes, progress=not args.quiet)
-    config = config._replace(budget=min(args.budget, args.pool), pool_step=args.pool,
-                             s=float(hnas.np.nanmax(problem.metric)))
-    fn = {"hnas": hnas.search, "random": baselines.random_search,
-          "argmax_metric": baselines.argmax_metric, "argmin_kappa": baselines.argmin_kappa,
-          "metric_order": baselines.metric_order}[args.method]
-    evals = bar(enabled=not args.quiet, total=config.budget * len(seeds),
-                desc=f"{args.method} evaluations", unit="eval")
-    signal = counted(problem.signal, evals, lambda r: f"signal {r[0]:.2f} after {r[1]:.0f} s")
-    states = [fn(jax.random.key(s), problem._replace(signal=signal), config) for s in seeds]
-    res = hnas.summarize(states, problem)
-    for run, s, st in zip(res["runs"], seeds, states):
-        run["seed"], run["history"] = s, [r._asdict() for r in st.history]
-    res["protocol"] = {"space": "darts", "method": args.method, "pool": args.pool,
-                       "preset": args.preset, "signal": signal_name, "cost": "training seconds",
-                       "config": config._asdict(), "jax": jax.__version__}
-    return res
-
-
-@functools.lru_cache(maxsize=8)
-def _theory_net(arch: str, size, num_classes: int):
-    """The network of ``jhnas theory`` (cached: repeated calls in one process reuse its
-    compiled checker functions). ``size`` is the MLP width or NB201's (cells, channels)."""
-    from jhnas.net import from_flax
-    from jhnas.spaces import nb201
-
-    if arch != "mlp":
-        return nb201.make_net(arch, compile="network", C=size[1], N=size[0],
-                              num_classes=num_classes)
-    import flax.linen as nn
-    import jax.numpy as jnp
-
-    from jhnas import nn as jnn
-
-    class MLP(nn.Module):
-        @nn.compact
-        def __call__(self, h):
-            h = h.reshape(h.shape[0], -1)
-            h = jnp.tanh(jnn.Dense(h.shape[-1], size)(h))
-            h = jnp.tanh(jnn.Dense(size, size)(h))
-            return jnn.Dense(size, num_classes)(h)
-
-    return from_flax(MLP())
+#: ``jhnas theory``'s networks, kept for the process: repeated calls reuse their compilations.
+_theory_net = functools.lru_cache(maxsize=8)(problems.theory_net)
 
 
 def _theory(args) -> int:
     """``jhnas theory``: checks the relations of :mod:`jhnas.theory` on one small network in
     float64 and prints lhs / rhs / slack per bound; exit code 1 if one is violated."""
-    import jax
-    import jax.numpy as jnp
-    import numpy as np
-
-    from jhnas import theory
-    from jhnas.spaces import nb201
-
     for name in ("batch_size", "image_size", "channels", "cells", "width", "steps"):
         if getattr(args, name) < 1:
             raise UsageError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
@@ -280,10 +219,10 @@ def _theory(args) -> int:
     num_classes = max(10, int(y.max()) + 1)
     if args.arch == "mlp":
         what = f"MLP {x[0].size}-{args.width}-{args.width}-{num_classes} (tanh)"
-        net = _theory_net("mlp", args.width, num_classes)
+        net = _theory_net("mlp", num_classes, width=args.width)
     else:
         arch = nb201.format_arch(nb201.parse(args.arch))
-        net = _theory_net(arch, (args.cells, args.channels), num_classes)
+        net = _theory_net(arch, num_classes, cells=args.cells, channels=args.channels)
         what = (f"NB201 {arch}, {args.cells} cell(s) per stage, C={args.channels}, "
                 f"train-mode BatchNorm")
     with jax.enable_x64(True):
@@ -330,9 +269,6 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--quiet", action="store_true", help="no progress bar")
     s.set_defaults(func=_score)
 
-    from jhnas.hnas import ACQUISITIONS, METHODS, NU_SCALES
-    from jhnas.spaces.nb201 import DATASETS
-
     r = sub.add_parser("search", help="search NB201 with HNAS or a baseline (tabular signal)")
     r.add_argument("--space", choices=["nb201", "darts"], default="nb201")
     r.add_argument("--signal", choices=["table", "train"], default="table",
@@ -345,7 +281,7 @@ def build_parser() -> argparse.ArgumentParser:
                                       "1,017 embedded CIFAR-10 images)")
     r.add_argument("--pool", type=int, default=12,
                    help="--space darts: random genotypes scored with M and kappa")
-    r.add_argument("--method", choices=METHODS, default="hnas")
+    r.add_argument("--method", choices=list(runners.METHODS), default="hnas")
     r.add_argument("--metric", default="ntk_trace",
                    help="M of the objective: a column of the shipped metric table")
     r.add_argument("--dataset", choices=DATASETS, default="cifar10",

@@ -16,6 +16,7 @@ uses (numpy's array reconstruction), never arbitrary classes.
 """
 from __future__ import annotations
 
+import codecs
 import functools
 import io
 import os
@@ -30,7 +31,13 @@ from importlib import resources
 from pathlib import Path
 from typing import Any, NamedTuple
 
+import jax
 import numpy as np
+
+try:  # numpy >= 2
+    from numpy._core import multiarray, numeric
+except ImportError:  # numpy 1.x
+    from numpy.core import multiarray, numeric
 
 __all__ = [
     "CIFAR10_MEAN", "CIFAR10_STD", "Batch", "batch_from_cifar", "default_batch",
@@ -90,12 +97,6 @@ def normalize(images: np.ndarray, mean: Sequence[float] = CIFAR10_MEAN,
 def _allowed_globals() -> dict[tuple[str, str], Any]:
     """The only globals a CIFAR pickle may name: numpy array reconstruction (numpy 1 and 2
     module paths) and ``_codecs.encode`` (bytes in protocol-2 pickles written by Python 3)."""
-    import codecs
-
-    try:  # numpy >= 2
-        from numpy._core import multiarray, numeric
-    except ImportError:  # numpy 1.x
-        from numpy.core import multiarray, numeric
     table = {("numpy", "ndarray"): np.ndarray, ("numpy", "dtype"): np.dtype,
              ("_codecs", "encode"): codecs.encode}
     for core in ("numpy.core", "numpy._core"):
@@ -291,8 +292,6 @@ def _pick(n: int, batch_size: int, key) -> np.ndarray:
     """Indices of a batch: the first ``batch_size``, or a draw without replacement with ``key``."""
     if key is None:
         return np.arange(batch_size)
-    import jax  # numpy-only callers never need it
-
     return np.asarray(jax.random.choice(key, n, (batch_size,), replace=False))
 
 

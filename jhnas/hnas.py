@@ -49,14 +49,13 @@ has confirmed. The metric ranks whole regions well but not the architectures ins
 from __future__ import annotations
 
 import functools
-import os
-from typing import Callable, NamedTuple, Sequence
+from typing import Callable, NamedTuple
 
 import jax
 import numpy as np
 
 from jhnas import gp
-from jhnas.progress import bar, counted
+from jhnas.progress import bar
 
 Signal = Callable[[jax.Array, int], tuple[float, float]]
 
@@ -252,7 +251,8 @@ def step(key: jax.Array, state: State, problem: Problem, config: Config = Config
     return evaluate(eval_key, state, problem, index, t, c)
 
 
-def _check(config: Config) -> None:
+def check_config(config: Config) -> None:
+    """Raises ``ValueError`` naming the first invalid field of ``config``."""
     if config.budget < 1:
         raise ValueError(f"budget must be >= 1, got {config.budget}")
     if config.acquisition not in ACQUISITIONS:
@@ -273,114 +273,9 @@ def _check_neighbours(config: Config, problem: Problem) -> None:
 def search(key: jax.Array, problem: Problem, config: Config = Config(), *,
            progress: bool = False) -> State:
     """HNAS for ``config.budget`` evaluations; step ``i`` uses ``fold_in(key, i)``."""
-    _check(config)
+    check_config(config)
     _check_neighbours(config, problem)  # before any (possibly costly) evaluation
     state = init(problem)
     for i in bar(range(config.budget), enabled=progress, desc="hnas", unit="eval", leave=False):
         state = step(jax.random.fold_in(key, i), state, problem, config)
     return state
-
-
-# ----------------------------------------------------------------------------- NAS-Bench-201
-
-def nb201_problem(metric: str = "ntk_trace", dataset: str = "cifar10", *,
-                  table=None) -> Problem:
-    """The tabular NB201 problem: M and kappa from the shipped metric table
-    (:func:`jhnas.spaces.nb201.metric_table`), signal = 12-epoch validation accuracy on
-    ``dataset``, cost = 12 x its CIFAR-10 seconds per epoch (the official cost table; the
-    benchmark has no per-epoch time for the other datasets here), report = 200-epoch test accuracy
-    on the three datasets."""
-    from jhnas.spaces import nb201
-
-    if dataset not in nb201.DATASETS:
-        raise ValueError(f"dataset must be one of {nb201.DATASETS}, got {dataset!r}")
-    table = table if table is not None else nb201.metric_table()
-    for name in (metric, "ntk_cond"):
-        if name not in table.values:
-            raise ValueError(f"metric {name!r} is not in the metric table; it has "
-                             f"{', '.join(table.values)}")
-    bench = nb201.benchmark()
-    d = nb201.DATASETS.index(dataset)
-
-    def signal(key, index):
-        del key  # a table lookup is deterministic
-        return float(bench.val12[index, d]), 12.0 * float(bench.epoch_seconds[index])
-
-    def report(index):
-        return {"arch": nb201.arch_at(index), "index": int(index),
-                **{f"val12_{ds}": float(bench.val12[index, k]) for k, ds in
-                   enumerate(nb201.DATASETS)},
-                **{f"test200_{ds}": float(bench.test200[index, k]) for k, ds in
-                   enumerate(nb201.DATASETS)}}
-
-    return Problem(positive_metric(table.values[metric]), table.values["ntk_cond"], signal, report,
-                   nb201.neighbours)
-
-
-def default_scale(problem: Problem, metric: str) -> float:
-    """``s`` for ``metric``: 5e3 for ntk_trace (the paper), else the largest value in the table."""
-    return 5e3 if metric == "ntk_trace" else float(np.nanmax(problem.metric))
-
-
-def summarize(states: Sequence[State], problem: Problem) -> dict:
-    """Per seed: the final architecture's report, its signal and the search cost; plus the mean
-    and standard deviation over seeds of every numeric field."""
-    runs = [{**problem.report(s.best().index), "signal": s.best().signal, "cost": s.cost,
-             "evaluations": len(s.history)} for s in states]
-    keys = [k for k, v in runs[0].items() if isinstance(v, float | int) and k != "index"]
-    return {"runs": runs,
-            "mean": {k: float(np.mean([r[k] for r in runs])) for k in keys},
-            "std": {k: float(np.std([r[k] for r in runs])) for k in keys}}
-
-
-METHODS = ("hnas", "random", "rea", "argmax_metric", "argmin_kappa", "metric_order")
-
-
-def run_nb201(method: str = "hnas", metric: str = "ntk_trace", dataset: str = "cifar10", *,
-              budget: int = 20, seeds: Sequence[int] = range(10), config: Config | None = None,
-              progress: bool = False, signal: Signal | None = None,
-              signal_name: str | None = None) -> dict:
-    """Runs ``method`` on the tabular NB201 problem once per seed (key ``jax.random.key(seed)``)
-    and returns :func:`summarize` plus the protocol. ``signal`` replaces the table's 12-epoch
-    accuracy (e.g. :func:`jhnas.train.nb201_signal`, a short training)."""
-    from jhnas import baselines
-    from jhnas.spaces import nb201
-
-    if method not in METHODS:
-        raise ValueError(f"method must be one of {', '.join(METHODS)}, got {method!r}")
-    problem = nb201_problem(metric, dataset)
-    seeds = list(seeds)
-    if signal is not None:  # e.g. a short training (jhnas.train.nb201_signal): slow
-        evals = bar(enabled=progress, total=budget * len(seeds), desc=f"{method} evaluations",
-                    unit="eval")
-        problem = problem._replace(signal=counted(
-            signal, evals, lambda r: f"signal {r[0]:.2f} after {r[1]:.0f} s"))
-    config = (config or Config())._replace(budget=budget)
-    if metric != "ntk_trace" and config.s == Config().s:
-        config = config._replace(s=default_scale(problem, metric))
-    _check(config)
-    fn = {"hnas": lambda k: search(k, problem, config),
-          "random": lambda k: baselines.random_search(k, problem, config),
-          "rea": lambda k: baselines.regularized_evolution(k, problem, config,
-                                                           mutate=baselines.nb201_mutate),
-          "argmax_metric": lambda k: baselines.argmax_metric(k, problem, config),
-          "argmin_kappa": lambda k: baselines.argmin_kappa(k, problem, config),
-          "metric_order": lambda k: baselines.metric_order(k, problem, config)}[method]
-    states = [fn(jax.random.key(s)) for s in bar(seeds, enabled=progress and signal is None,
-                                                   desc=method, unit="seed")]
-    out = summarize(states, problem)
-    for run, s, st in zip(out["runs"], seeds, states):
-        run["seed"] = s
-        run["history"] = [r._asdict() for r in st.history]
-    table = nb201.metric_table()
-    out["protocol"] = {"method": method, "metric": metric, "dataset": dataset, "budget": budget,
-                       "seeds": seeds, "config": config._asdict(), "jax": jax.__version__,
-                       # the float64 GP's argmax can flip with the reduction order
-                       "xla_flags": os.environ.get("XLA_FLAGS", ""),
-                       "signal": signal_name or f"12-epoch validation accuracy on {dataset} "
-                                                "(NB201 table)",
-                       "cost": ("training seconds" if signal is not None else
-                                "12 x cifar10-valid seconds per epoch of each evaluated arch"),
-                       "metric_table": table.protocol,
-                       "metric_coverage": table.coverage(metric)}
-    return out

@@ -10,10 +10,10 @@ Two kinds of parallelism, both giving the values of a single-device run:
   collectives. Per-device activation memory falls with the number of devices, which is what makes
   large batches fit. Sums are taken in a different order than on one device, so values agree to
   float32 rounding (about 1e-6 relative), not bit for bit.
-* **A pool of architectures** (:func:`score_pool`, :func:`map_devices`): every architecture is a
+* **A pool of architectures** (:func:`map_devices`; for NB201 :func:`jhnas.experiments.score.score_pool`): every architecture is a
   different program, so the pool is dealt round-robin to the devices and each device scores its
   share in its own thread (``jax.default_device``), everything of one architecture staying on one
-  device. Values are bit-identical to :func:`jhnas.score.score_arch` on one device.
+  device. Values are bit-identical to :func:`jhnas.experiments.score.score_arch` on one device.
 
 Memory: the NTK uses :func:`jhnas.ntk.empirical_ntk_fn` with ``scan_offsets=True`` (the per-layer
 Gram loops over convolution kernel offsets instead of unrolling them), which lowers the peak
@@ -155,14 +155,3 @@ def map_devices(fn: Callable[[Any], Any], items: Sequence[Any], *,
             fut.result()
     return results
 
-
-def score_pool(archs: Sequence[str], names: Sequence[str], batch: Batch, *,
-               devices: Sequence[jax.Device] | None = None, **score_kw) -> list[dict[str, float]]:
-    """``names`` for every NB201 architecture of ``archs``, spread over ``devices``
-    (:func:`map_devices` of :func:`jhnas.score.score_arch`; ``score_kw``: seed, cells, channels,
-    preset, compile, ...). Each device compiles its own programs (once per block configuration
-    with ``compile="blocks"``)."""
-    from jhnas import score  # score imports the search space; keep this module light
-
-    return map_devices(lambda a: score.score_arch(a, names, batch, **score_kw), archs,
-                       devices=devices)

@@ -123,7 +123,7 @@ for name in NAMES:
 HERE = Path(__file__).resolve().parent if "__file__" in globals() else Path.cwd()
 shards = sorted((HERE.parent / "bench" / "results").glob("nb201_sample200_seed0.shard*.csv"))
 if shards:
-    from jhnas.results import read_rows
+    from jhnas.experiments.results import read_rows
     recs = [r for s in shards for r in read_rows(s)]
     bench_names = ["grad_norm", "snip", "grasp", "fisher", "ntk_trace", "ntk_cond"]
     cols = {k: np.array([float(r[k]) for r in recs]) for k in bench_names}

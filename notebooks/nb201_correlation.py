@@ -22,7 +22,7 @@ import matplotlib
 matplotlib.use("Agg")
 import numpy as np
 
-from jhnas import correlation
+from jhnas.experiments import correlation
 from jhnas.spaces import nb201
 
 OUT = os.environ.get("JHNAS_NOTEBOOK_OUT", ".")
@@ -33,7 +33,7 @@ print({k: v for k, v in table.protocol.items() if k.startswith("coverage") or k 
 # ## Rank correlation with every target
 #
 # Spearman rho, Kendall tau and the share of the true top 1 % / 5 % that the metric puts in its
-# own top 1 % / 5 % (`jhnas.correlation.agreement`); `ntk_cond` is better when smaller, so its rho
+# own top 1 % / 5 % (`jhnas.experiments.correlation.agreement`); `ntk_cond` is better when smaller, so its rho
 # is negative and its hit rates use the negated value.
 
 # %%

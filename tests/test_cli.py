@@ -3,7 +3,7 @@
 import pytest
 
 from jhnas.cli import main
-from jhnas.results import read_rows
+from jhnas.experiments.results import read_rows
 
 A1 = "|nor_conv_3x3~0|+|nor_conv_1x1~0|skip_connect~1|+|avg_pool_3x3~0|none~1|nor_conv_3x3~2|"
 A2 = "|skip_connect~0|+|nor_conv_3x3~0|nor_conv_3x3~1|+|none~0|skip_connect~1|nor_conv_1x1~2|"
@@ -77,7 +77,7 @@ def test_compile_cache_is_written_and_reused(tmp_path):
     import subprocess
     import sys
     cache = tmp_path / "xla"
-    code = ("import sys, jax, jax.numpy as jnp; from jhnas import score; "
+    code = ("import sys, jax, jax.numpy as jnp; from jhnas.experiments import score; "
             "score.enable_compile_cache(sys.argv[1]); "
             "print(float(jax.jit(lambda x: jnp.sin(x) * 3)(jnp.ones(4)).sum()))")
     runs = []
@@ -90,7 +90,7 @@ def test_compile_cache_is_written_and_reused(tmp_path):
 
 
 def test_score_uses_the_compile_cache_unless_none(tmp_path, monkeypatch):
-    from jhnas import score
+    from jhnas.experiments import score
     calls = []
     monkeypatch.setattr(score, "enable_compile_cache", calls.append)
     monkeypatch.setattr(score, "score_archs", lambda *a, **k: type("T", (), {"rows": []}))

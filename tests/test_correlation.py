@@ -1,10 +1,10 @@
-"""jhnas.correlation against explicit loops."""
+"""jhnas.experiments.correlation against explicit loops."""
 import itertools
 
 import numpy as np
 import pytest
 
-from jhnas import correlation
+from jhnas.experiments import correlation
 
 
 def _ranks(a):

@@ -9,6 +9,7 @@ import pytest
 
 from jhnas import baselines, cli, hnas
 from jhnas.spaces import nb201
+from jhnas.experiments import problems, runners
 
 N = 500
 
@@ -164,13 +165,13 @@ def test_baselines():
 
 def test_nb201_mutate_changes_one_edge():
     for i in range(5):
-        j = baselines.nb201_mutate(jax.random.key(i), 1234)
+        j = nb201.mutate(jax.random.key(i), 1234)
         a, b = nb201.parse(nb201.arch_at(1234)), nb201.parse(nb201.arch_at(j))
         assert sum(x != y for x, y in zip(a, b)) == 1
 
 
 def test_nb201_problem_uses_the_shipped_tables():
-    p = hnas.nb201_problem("ntk_trace", "cifar100")
+    p = problems.nb201_problem("ntk_trace", "cifar100")
     bench, table = nb201.benchmark(), nb201.metric_table()
     value, cost = p.signal(jax.random.key(0), 6111)
     assert value == pytest.approx(float(bench.val12[6111, 1]))
@@ -180,9 +181,9 @@ def test_nb201_problem_uses_the_shipped_tables():
     rep = p.report(6111)
     assert rep["test200_cifar10"] == pytest.approx(94.3733, abs=1e-3)
     with pytest.raises(ValueError, match="dataset"):
-        hnas.nb201_problem("ntk_trace", "mnist")
+        problems.nb201_problem("ntk_trace", "mnist")
     with pytest.raises(ValueError, match="not in the metric table"):
-        hnas.nb201_problem("no_such_metric")
+        problems.nb201_problem("no_such_metric")
 
 
 def test_cli_search_writes_results(tmp_path, capsys):
@@ -218,9 +219,9 @@ def test_nb201_search_is_identical_when_repeated_on_one_machine():
     between CPUs and jax versions, bench/results/search_spread.md): every evaluated
     architecture, signal and (t, c) of a repeated search; and the five probes (fixed t, no GP)
     replayed one step at a time."""
-    runs = [hnas.run_nb201("hnas", "ntk_trace", budget=7, seeds=[3, 8]) for _ in range(2)]
+    runs = [runners.run_nb201("hnas", "ntk_trace", budget=7, seeds=[3, 8]) for _ in range(2)]
     assert runs[0]["runs"] == runs[1]["runs"]
-    problem = hnas.nb201_problem("ntk_trace")
+    problem = problems.nb201_problem("ntk_trace")
     for run, seed in zip(runs[0]["runs"], (3, 8)):
         state = hnas.init(problem)
         key = jax.random.key(seed)

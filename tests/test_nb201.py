@@ -13,7 +13,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jhnas.results import read_rows
+from jhnas.experiments.results import read_rows
 from jhnas.spaces import nb201
 
 BEST = "|nor_conv_3x3~0|+|nor_conv_3x3~0|nor_conv_3x3~1|+|skip_connect~0|nor_conv_3x3~1|nor_conv_1x1~2|"
@@ -514,7 +514,8 @@ def test_scorer_gives_the_tables_own_value_of_dead_edge_architectures():
     """Issue 34: for architectures with dead edges `jhnas score` differed from the table (index
     13454: M 1248.7 scored, 44.5 in the table, its class representative's). The table now ships
     their own values; the scorer gives them (bench/nb201_dead_edges.py checks 200)."""
-    from jhnas import data, score
+    from jhnas import data
+    from jhnas.experiments import score
     table = nb201.metric_table()
     batch = data.default_batch(64)
     for i in (13454, 15600):

@@ -8,7 +8,7 @@ import subprocess
 import sys
 import time
 
-from jhnas.results import MAGIC, ProtocolError, ResultsCSV, read_protocol, read_rows
+from jhnas.experiments.results import MAGIC, ProtocolError, ResultsCSV, read_protocol, read_rows
 
 
 def test_append_and_resume(tmp_path):
@@ -46,7 +46,7 @@ def test_header_mismatch_and_missing_folder(tmp_path):
 
 
 def test_cpu_name_is_the_cpuinfo_model_name():
-    from jhnas.results import cpu_name
+    from jhnas.experiments.results import cpu_name
     name = cpu_name()
     assert isinstance(name, str) and name
     try:
@@ -116,7 +116,7 @@ def test_claims_split_the_work_and_stale_claims_are_taken_over(tmp_path):
 def test_rows_written_by_another_process_are_seen(tmp_path):
     path = tmp_path / "r.csv"
     ours = ResultsCSV(path, ["arch", "m"])
-    code = ("import sys; from jhnas.results import ResultsCSV; "
+    code = ("import sys; from jhnas.experiments.results import ResultsCSV; "
             "ResultsCSV(sys.argv[1], ['arch', 'm']).append({'arch': 'x', 'm': 2.0})")
     subprocess.run([sys.executable, "-c", code, str(path)], check=True)
     assert "x" not in ours

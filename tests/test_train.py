@@ -8,6 +8,7 @@ import pytest
 from jhnas import data, train
 from jhnas import nn as jnn
 from jhnas.cli import main
+from jhnas.experiments import problems
 
 
 class Tiny(nn.Module):
@@ -59,7 +60,7 @@ def test_bad_settings_are_refused():
 
 
 def test_signal_data_splits_the_embedded_images():
-    (xt, yt), (xv, yv) = train.signal_data(train.PRESETS["cpu"])
+    (xt, yt), (xv, yv) = problems.signal_data(problems.PRESETS["cpu"])
     assert len(yt) == 762 and len(yv) == 255 and xt.shape[1:] == (32, 32, 3)
 
 

@@ -16,6 +16,8 @@ from typing import Mapping, Sequence
 import numpy as np
 from scipy import stats
 
+from jhnas.spaces import nb201
+
 # metrics where a smaller value predicts a better architecture
 SMALLER_IS_BETTER = frozenset({"ntk_cond"})
 
@@ -64,8 +66,6 @@ def rank_matrix(values: Mapping[str, np.ndarray]) -> dict[str, dict[str, float]]
 
 def nb201_targets(bench) -> dict[str, np.ndarray]:
     """The accuracies of :func:`jhnas.spaces.nb201.benchmark` a metric is judged against."""
-    from jhnas.spaces import nb201
-
     out = {f"test200 {d}": bench.test200[:, i] for i, d in enumerate(nb201.DATASETS)}
     out["val12 cifar10"] = bench.val12[:, 0]
     return out

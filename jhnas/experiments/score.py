@@ -4,7 +4,7 @@ Keys: ``root = jax.random.key(seed)``; ``sample_key, init_key = split(root)``; a
 is initialised with ``fold_in(init_key, nb201_index(A))``. A metric value therefore depends only
 on (seed, architecture, batch), not on the order or the company of the architectures.
 
-Results go to a :class:`jhnas.results.ResultsCSV` that records the protocol (:func:`protocol`):
+Results go to a :class:`jhnas.experiments.results.ResultsCSV` that records the protocol (:func:`protocol`):
 a rerun resumes, a rerun with other options is refused, and several processes may score into one
 file (each architecture is scored once). :func:`enable_compile_cache` keeps the compiled blocks
 on disk, so that only the first process on a machine pays their compilation (about a minute for
@@ -24,8 +24,9 @@ from jax.experimental.compilation_cache import compilation_cache as cc
 
 from jhnas.data import Batch, check_labels
 from jhnas.metrics import METRICS, metrics_fn
+from jhnas.parallel import map_devices
 from jhnas.progress import bar
-from jhnas.results import ResultsCSV, versions
+from jhnas.experiments.results import ResultsCSV, versions
 from jhnas.spaces import nb201
 
 
@@ -113,7 +114,7 @@ def score_archs(archs: Iterable[str], names: Sequence[str], batch: Batch, out: s
     """Scores ``archs`` into the CSV ``out`` (columns arch, *names, seconds), skipping the rows
     already there and those another process is scoring into the same file. Canonical NB201
     strings are written; a bad string, unknown metric, label out of range, or a file made with
-    another protocol fails before any work (:class:`jhnas.results.ProtocolError`)."""
+    another protocol fails before any work (:class:`jhnas.experiments.results.ProtocolError`)."""
     archs = list(dict.fromkeys(nb201.format_arch(nb201.parse(a)) for a in archs))
     unknown = [n for n in names if n not in METRICS]
     if unknown:
@@ -134,3 +135,13 @@ def score_archs(archs: Iterable[str], names: Sequence[str], batch: Batch, out: s
         progress_bar.update(done() - progress_bar.n)
     progress_bar.close()
     return table
+
+
+def score_pool(archs: Sequence[str], names: Sequence[str], batch: Batch, *,
+               devices: Sequence[jax.Device] | None = None, **score_kw) -> list[dict[str, float]]:
+    """``names`` for every NB201 architecture of ``archs``, spread over ``devices``
+    (:func:`jhnas.parallel.map_devices` of :func:`score_arch`; ``score_kw``: seed, cells, channels,
+    preset, compile, ...). Each device compiles its own programs (once per block configuration
+    with ``compile="blocks"``)."""
+    return map_devices(lambda a: score_arch(a, names, batch, **score_kw), archs,
+                       devices=devices)

@@ -21,6 +21,7 @@ random sampler it can draw ``dil_conv_5x5``.
 """
 from __future__ import annotations
 
+import ast
 from typing import NamedTuple, Sequence
 
 import flax.linen as nn
@@ -71,8 +72,6 @@ def validate(g: Genotype) -> Genotype:
 
 def parse(text: str) -> Genotype:
     """A genotype from its repr, e.g. ``"Genotype(normal=[('sep_conv_3x3', 0), ...], ...)"``."""
-    import ast
-
     try:
         tree = ast.parse(text.strip(), mode="eval").body
         if not (isinstance(tree, ast.Call) and getattr(tree.func, "id", "") == "Genotype"):

@@ -187,6 +187,17 @@ def neighbours(index: int) -> np.ndarray:
     return np.sort(where[np.array(out)])
 
 
+def mutate(key: jax.Array, index: int) -> int:
+    """A random neighbour of ``index`` (REA's mutation, :func:`jhnas.baselines.regularized_evolution`):
+    one of the 6 edges, drawn with ``key``, set to one of the 4 other ops."""
+    ops = list(parse(arch_at(index)))
+    k_edge, k_op = jax.random.split(key)
+    e = int(jax.random.randint(k_edge, (), 0, len(ops)))
+    others = [o for o in OPS if o != ops[e]]
+    ops[e] = others[int(jax.random.randint(k_op, (), 0, len(others)))]
+    return index_of(format_arch(ops))
+
+
 # ----------------------------------------------------------------------------- sampling
 
 def sample_indices(key: jax.Array, n: int, replace: bool = False) -> np.ndarray:
