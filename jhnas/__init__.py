@@ -31,7 +31,13 @@ _EXPORTS = {
 _SUBMODULES = ("baselines", "data", "experiments", "gp", "hnas", "metrics", "net", "nn", "ntk",
                "parallel", "spaces", "theory", "train")
 
-__all__ = ["__version__", *_SUBMODULES, *_EXPORTS]
+__all__ = [
+    "Batch", "Block", "Implementation", "METRICS", "Net", "__version__", "baselines", "block_init",
+    "condition_number", "data", "default_batch", "eigenvalues", "empirical_ntk_fn",
+    "experiments", "from_apply", "from_blocks", "from_flax", "gp", "hnas", "load_batch",
+    "metrics", "metrics_fn", "net", "nn", "ntk", "parallel", "spaces", "theory", "trace_norm",
+    "train",
+]
 
 if TYPE_CHECKING:
     from jhnas import (baselines, data, experiments, gp, hnas, metrics, net, nn, ntk, parallel,

@@ -31,6 +31,7 @@ import importlib
 import importlib.util
 import sys
 import types
+from typing import Any
 
 INSTALL = "pip install frozendict && pip install --no-deps neural-tangents==0.6.5"
 _LOADED = None
@@ -88,7 +89,7 @@ def _import_shims():
     add(ad, "zeros_like_p", _zeros_like_p())
     saved_util = sys.modules.get("jax.util")
     if saved_util is None:
-        util = types.ModuleType("jax.util")
+        util: Any = types.ModuleType("jax.util")  # given attributes below
         util.safe_map, util.safe_zip = jax_util.safe_map, jax_util.safe_zip
         sys.modules["jax.util"] = util
         add(jax, "util", util)
@@ -168,7 +169,7 @@ def _adapt(nt) -> None:
                 setattr(mod, attr, core_proxy)
             elif value is ad:
                 setattr(mod, attr, ad_proxy)
-    emp = sys.modules["neural_tangents._src.empirical"]
+    emp: Any = sys.modules["neural_tangents._src.empirical"]  # its functions are replaced
     emp._get_primals_out_and_pullback = functools.partial(_primals_out_and_pullback, emp)
     emp._eqn_vjp_fn = _eqn_vjp_fn
     emp._get_flops = _get_flops
@@ -224,6 +225,8 @@ def _get_flops(f, optimize: bool, *a, **kw) -> float:
     import jax
     lowered = jax.jit(f).lower(*a, **kw)
     analysis = lowered.compile().cost_analysis() if optimize else lowered.cost_analysis()
+    if analysis is None:  # documented: no cost analysis on this backend, as without "flops"
+        return 0.0
     if isinstance(analysis, (list, tuple)):
         analysis = analysis[0]
     return float(analysis.get("flops", 0.0))

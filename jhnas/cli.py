@@ -242,7 +242,7 @@ def _theory(args) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="jhnas", description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(prog="jhnas", description="The jhnas command line.")
     sub = p.add_subparsers(dest="command", required=True)
     s = sub.add_parser("score", help="score architectures with training-free metrics")
     s.add_argument("--space", choices=["nb201"], default="nb201")

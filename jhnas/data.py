@@ -29,7 +29,7 @@ import zlib
 from collections.abc import Sequence
 from importlib import resources
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, TypeVar, cast
 
 import jax
 import numpy as np
@@ -66,14 +66,17 @@ class Batch(NamedTuple):
     y: np.ndarray
 
 
-def to_nchw(x):
+_A = TypeVar("_A", np.ndarray, "jax.Array")
+
+
+def to_nchw(x: _A) -> _A:
     """(N, H, W, C) -> (N, C, H, W); works on numpy and JAX arrays."""
     if x.ndim != 4:
         raise ValueError(f"expected a rank-4 NHWC array, got shape {x.shape}")
     return x.transpose(0, 3, 1, 2)
 
 
-def to_nhwc(x):
+def to_nhwc(x: _A) -> _A:
     """(N, C, H, W) -> (N, H, W, C); works on numpy and JAX arrays."""
     if x.ndim != 4:
         raise ValueError(f"expected a rank-4 NCHW array, got shape {x.shape}")
@@ -84,11 +87,11 @@ def normalize(images: np.ndarray, mean: Sequence[float] = CIFAR10_MEAN,
               std: Sequence[float] = CIFAR10_STD) -> np.ndarray:
     """uint8 (..., H, W, C) images -> float32 ``(images / 255 - mean) / std`` per channel."""
     images = np.asarray(images)
-    mean, std = np.asarray(mean, np.float32), np.asarray(std, np.float32)
-    if images.shape[-1:] != mean.shape or mean.shape != std.shape:
-        raise ValueError(f"images must be channels-last with {len(mean)} channels (NHWC), got "
-                         f"shape {images.shape}; mean/std have {mean.shape}/{std.shape} values")
-    return ((images.astype(np.float32) / 255.0 - mean) / std).astype(np.float32)
+    m, s = np.asarray(mean, np.float32), np.asarray(std, np.float32)
+    if images.shape[-1:] != m.shape or m.shape != s.shape:
+        raise ValueError(f"images must be channels-last with {len(m)} channels (NHWC), got "
+                         f"shape {images.shape}; mean/std have {m.shape}/{s.shape} values")
+    return ((images.astype(np.float32) / 255.0 - m) / s).astype(np.float32)
 
 
 # ----------------------------------------------------------------------------- CIFAR pickles
@@ -101,7 +104,9 @@ def _allowed_globals() -> dict[tuple[str, str], Any]:
              ("_codecs", "encode"): codecs.encode}
     for core in ("numpy.core", "numpy._core"):
         table[(f"{core}.multiarray", "_reconstruct")] = multiarray._reconstruct
-        table[(f"{core}.numeric", "_frombuffer")] = numeric._frombuffer
+        # numpy's stubs leave out this private function (numpy 1 and 2 have it)
+        frombuffer = numeric._frombuffer  # pyright: ignore[reportAttributeAccessIssue]
+        table[(f"{core}.numeric", "_frombuffer")] = frombuffer
     return table
 
 
@@ -168,18 +173,19 @@ def _salvage(path: Path, raw: bytes, label_key: bytes) -> tuple[np.ndarray, np.n
     state, pixels = None, None  # pixels = (offset of the first byte, declared bytes)
     stream, end = io.BytesIO(raw), 0
     try:
-        for op, arg, pos in pickletools.genops(stream):
+        for op, arg, opt_pos in pickletools.genops(stream):
+            pos = cast(int, opt_pos)  # None only for a stream without tell()
             end = stream.tell()  # where the next opcode starts
             if state == "labels":
                 if op.name in _INT_OPS:
-                    labels.append(int(arg))
+                    labels.append(int(cast(int, arg)))  # an int op's argument
                     continue
                 if op.name in _LIST_OPS:
                     continue
                 state = None
             elif state == "data":  # skip numpy's reconstruction opcodes up to the pixel string
                 if raw[pos] in _RAW_STRING:
-                    pixels, state = (pos + 1 + _RAW_STRING[raw[pos]], len(arg)), None
+                    pixels, state = (pos + 1 + _RAW_STRING[raw[pos]], len(cast(bytes, arg))), None
                 continue
             if op.name in _STRING_OPS:
                 if arg in label_names and not labels:
@@ -288,14 +294,14 @@ def default_images() -> tuple[np.ndarray, np.ndarray]:
     return _default_cache[0].copy(), _default_cache[1].copy()
 
 
-def _pick(n: int, batch_size: int, key) -> np.ndarray:
+def _pick(n: int, batch_size: int, key: Any) -> np.ndarray:
     """Indices of a batch: the first ``batch_size``, or a draw without replacement with ``key``."""
     if key is None:
         return np.arange(batch_size)
     return np.asarray(jax.random.choice(key, n, (batch_size,), replace=False))
 
 
-def default_batch(batch_size: int = 64, *, key=None) -> Batch:
+def default_batch(batch_size: int = 64, *, key: Any = None) -> Batch:
     """A normalised :class:`Batch` of the embedded images: x (batch_size, 32, 32, 3) float32.
 
     With ``key=None`` (the documented default) the first ``batch_size`` images, deterministic;
@@ -311,7 +317,7 @@ def default_batch(batch_size: int = 64, *, key=None) -> Batch:
 
 
 def batch_from_cifar(path: str | os.PathLike, dataset: str = "cifar10", batch_size: int = 64, *,
-                     key=None, split: str = "train") -> Batch:
+                     key: Any = None, split: str = "train") -> Batch:
     """A normalised :class:`Batch` from the CIFAR batches at ``path`` (see :func:`load_cifar`):
     the first ``batch_size`` images, or a draw without replacement with ``key``."""
     if not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
@@ -348,7 +354,7 @@ def _check(where: str, x: np.ndarray, y: np.ndarray) -> None:
         raise ValueError(f"{where}: x has non-finite values (NaN or inf)")
 
 
-def check_labels(y, num_classes: int, where: str = "labels") -> None:
+def check_labels(y: Any, num_classes: int, where: str = "labels") -> None:
     """``ValueError`` naming ``where`` unless every label is an integer in ``[0, num_classes)``:
     a label out of range would silently select nothing (a zero one-hot row)."""
     y = np.asarray(y)

@@ -78,7 +78,7 @@ from __future__ import annotations
 
 import functools
 import math
-from typing import Callable, NamedTuple
+from typing import Callable, NamedTuple, cast
 
 import jax
 import jax.numpy as jnp
@@ -86,6 +86,7 @@ import numpy as np
 import optax
 from jax import lax
 from jax.scipy.special import erfcx, ndtr
+from numpy.typing import ArrayLike
 
 KERNELS = ("matern52", "matern32", "rbf")
 
@@ -104,7 +105,8 @@ class GPParams(NamedTuple):
     log_lengthscale: jax.Array
 
     @classmethod
-    def create(cls, amplitude, lengthscale, dim: int | None = None) -> "GPParams":
+    def create(cls, amplitude: ArrayLike, lengthscale: ArrayLike, dim: int | None = None
+               ) -> "GPParams":
         """From an amplitude (signal variance) and lengthscale(s); a scalar lengthscale is
         broadcast to ``dim`` dimensions."""
         with jax.enable_x64(True):
@@ -114,12 +116,12 @@ class GPParams(NamedTuple):
             return cls(jnp.log(jnp.asarray(amplitude, jnp.float64)), jnp.log(ls))
 
     @property
-    def amplitude(self):
+    def amplitude(self) -> jax.Array:
         with jax.enable_x64(True):
             return jnp.exp(self.log_amplitude)
 
     @property
-    def lengthscale(self):
+    def lengthscale(self) -> jax.Array:
         with jax.enable_x64(True):
             return jnp.exp(self.log_lengthscale)
 
@@ -157,7 +159,7 @@ class GPState(NamedTuple):
 
 # ----------------------------------------------------------------------------- kernels
 
-def _kernel_id(kernel: str) -> int:
+def _kernel_id(kernel: str | None) -> int:
     if kernel not in KERNELS:
         raise ValueError(f"unknown kernel {kernel!r}; expected one of {KERNELS}")
     return KERNELS.index(kernel)
@@ -194,7 +196,8 @@ def _gram(params, x1, x2, kernel_id):
     return jnp.exp(params.log_amplitude) * lax.switch(kernel_id, kernels, r2)
 
 
-def kernel_matrix(params: GPParams, x1, x2, kernel: str = "matern52"):
+def kernel_matrix(params: GPParams, x1: ArrayLike, x2: ArrayLike, kernel: str = "matern52"
+                  ) -> jax.Array:
     r"""Gram matrix :math:`k(x_1^{(i)}, x_2^{(j)})`, (n1, d) x (n2, d) -> (n1, n2), inputs as
     given (the model uses unit-box inputs). Differentiable everywhere, including at r = 0."""
     kernel_id = _kernel_id(kernel)
@@ -296,7 +299,8 @@ def _lml(params, x, y, alpha, kernel_id, mask=None):
 _lml_jit = jax.jit(_lml)
 
 
-def log_marginal_likelihood(params: GPParams, x, y, kernel: str = "matern52", alpha=1e-6):
+def log_marginal_likelihood(params: GPParams, x: ArrayLike, y: ArrayLike,
+                            kernel: str = "matern52", alpha: ArrayLike = 1e-6) -> jax.Array:
     r"""Log marginal likelihood (), :math:`-\frac12 y^\top (K+\alpha I)^{-1} y - \frac12
     \log|K + \alpha I| - \frac n2 \log 2\pi`, of targets y (n,) at inputs x (n, d).
 
@@ -385,8 +389,8 @@ def _condition(params, x, y, bounds, alpha, kernel_id, mask=None):
 _condition_jit = jax.jit(_condition)
 
 
-def condition(params: GPParams, x, y, bounds, *, kernel: str = "matern52",
-              alpha=1e-6) -> GPState:
+def condition(params: GPParams, x: ArrayLike, y: ArrayLike, bounds: ArrayLike, *,
+              kernel: str = "matern52", alpha: ArrayLike = 1e-6) -> GPState:
     """The GP posterior for GIVEN hyper-parameters (lengthscales on the unit box).
 
     x: (n, d) inputs in the original box, y: (n,) targets, bounds: (d, 2) lower/upper,
@@ -438,7 +442,8 @@ def _fit(key, x, y, mask, bounds, alpha, log_lower, log_upper, *, kernel_id, res
             value, grad = value_and_grad(v, state=state)
             updates, new_state = opt.update(grad, state, v, value=value, grad=grad,
                                             value_fn=loss)
-            new_v = optax.apply_updates(v, updates)
+            # an array: optax types apply_updates' result as any pytree
+            new_v = cast(jax.Array, optax.apply_updates(v, updates))
             new_value = optax.tree_utils.tree_get(new_state, "value")  # the loss at new_v
             ok = jnp.all(jnp.isfinite(new_v)) & jnp.isfinite(new_value)
             # A step to a non-finite loss (failed factorisation) freezes this start where it is.
@@ -469,9 +474,10 @@ def _padded_size(n: int) -> int:
     return max(8, 1 << (n - 1).bit_length())
 
 
-def fit(key: jax.Array, x, y, bounds, *, kernel: str = "matern52", alpha=1e-6,
-        restarts: int = 5, steps: int = 100, amplitude_bounds=(1e-3, 1e3),
-        lengthscale_bounds=(1e-3, 1e3)) -> GPState:
+def fit(key: jax.Array, x: ArrayLike, y: ArrayLike, bounds: ArrayLike, *,
+        kernel: str = "matern52", alpha: ArrayLike = 1e-6, restarts: int = 5, steps: int = 100,
+        amplitude_bounds: tuple[float, float] = (1e-3, 1e3),
+        lengthscale_bounds: tuple[float, float] = (1e-3, 1e3)) -> GPState:
     """Fit the hyper-parameters by maximum log marginal likelihood and condition on the data.
 
     x: (n, d) inputs in the original box, y: (n,) targets, bounds: (d, 2) lower/upper.
@@ -539,7 +545,7 @@ def _predict(state, xq, kernel_id):
     return _predict_unit(state, _to_unit(xq, state.bounds), kernel_id)
 
 
-def predict(state: GPState, xq):
+def predict(state: GPState, xq: ArrayLike) -> tuple[jax.Array, jax.Array]:
     """Posterior mean (m,) and variance (m,) of the latent function at xq (m, d), original units
     (for inputs and targets). The variance excludes the observation noise."""
     kernel_id = _kernel_id(state.kernel)
@@ -564,7 +570,8 @@ def _improvement_z(mean, std, best, xi):
     return improvement, z, positive
 
 
-def expected_improvement(mean, std, best, xi=0.0):
+def expected_improvement(mean: ArrayLike, std: ArrayLike, best: ArrayLike, xi: ArrayLike = 0.0
+                         ) -> jax.Array:
     r"""Expected improvement for maximisation, :math:`E[\max(f - \text{best} - \xi, 0)]` for
     :math:`f \sim N(\text{mean}, \text{std}^2)`:
 
@@ -606,7 +613,8 @@ def _log_h(z):
     return jnp.where(z > -1.0, direct, jnp.where(z >= far, mid, asymptote))
 
 
-def log_expected_improvement(mean, std, best, xi=0.0):
+def log_expected_improvement(mean: ArrayLike, std: ArrayLike, best: ArrayLike,
+                             xi: ArrayLike = 0.0) -> jax.Array:
     r"""log of :func:`expected_improvement`, :math:`\log\sigma + \log(z\Phi(z) + \varphi(z))`,
     accurate and finite however negative z is (where std > 0; where std = 0 it is
     log max(improvement, 0), possibly -inf). Broadcasts; float64."""
@@ -621,7 +629,8 @@ def _log_expected_improvement(mean, std, best, xi):
                      jnp.log(jnp.maximum(improvement, 0.0)))
 
 
-def upper_confidence_bound(mean, std, beta, *, best=None):
+def upper_confidence_bound(mean: ArrayLike, std: ArrayLike, beta: ArrayLike, *,
+                           best: ArrayLike | None = None) -> jax.Array:
     r"""Upper confidence bound :math:`\mu + \beta\sigma`. Broadcasts; float64.
 
     Convention: ``beta`` multiplies the standard deviation, like ``kappa`` in ``bayes_opt``
@@ -637,7 +646,7 @@ def upper_confidence_bound(mean, std, beta, *, best=None):
 
 # ----------------------------------------------------------------------------- maximisation
 
-def _pad_state(state: GPState):
+def _pad_state(state: GPState) -> tuple[GPState, np.ndarray]:
     """(state, mask): the n observations padded to :func:`_padded_size` (n) with inert points
     (zero weight, identity block of the Cholesky factor, masked out of k_*), on the host, so that
     the maximiser compiles once per power of two as the data grow."""
@@ -710,7 +719,9 @@ def _maximize(key, state, mask, learning_rate, *, kernel_id, acquisition, n_rand
             grad = jax.grad(objective)(u)
             grad = jnp.where(jnp.isfinite(grad), grad, 0.0)
             updates, opt_state = opt.update(grad, opt_state, u)
-            return (jnp.clip(optax.apply_updates(u, updates), 0.0, 1.0), opt_state), None
+            # an array: optax types apply_updates' result as any pytree
+            u = cast(jax.Array, optax.apply_updates(u, updates))
+            return (jnp.clip(u, 0.0, 1.0), opt_state), None
 
         u0 = u_random[lax.top_k(values, n_refine)[1]]
         (u_refined, _), _ = lax.scan(step, (u0, opt.init(u0)), None, length=steps)

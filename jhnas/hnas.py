@@ -214,8 +214,8 @@ def candidates(state: State, problem: Problem, config: Config = Config()) -> np.
     pool = np.flatnonzero(state.pool)
     if not config.trust_region or len(state.history) < len(config.init_t):
         return pool
-    _check_neighbours(config, problem)
-    near = np.asarray(problem.neighbours(state.best().index), np.int64)
+    neighbours = _check_neighbours(config, problem)
+    near = np.asarray(neighbours(state.best().index), np.int64)
     near = np.setdiff1d(near[problem.scorable[near]], state.evaluated)
     return near if near.size else pool
 
@@ -265,9 +265,13 @@ def check_config(config: Config) -> None:
         raise ValueError(f"nu_scale='log' needs s > 1 (sqrt(nu) = s**t), got {config.s}")
 
 
-def _check_neighbours(config: Config, problem: Problem) -> None:
-    if config.trust_region and problem.neighbours is None:
-        raise ValueError("trust_region needs a problem with neighbours (an edit distance)")
+def _check_neighbours(config: Config, problem: Problem) -> Callable[[int], np.ndarray]:
+    """``problem.neighbours``; ``ValueError`` if the trust region needs it and it is None."""
+    if problem.neighbours is None:
+        if config.trust_region:
+            raise ValueError("trust_region needs a problem with neighbours (an edit distance)")
+        return lambda index: np.zeros(0, np.int64)
+    return problem.neighbours
 
 
 def search(key: jax.Array, problem: Problem, config: Config = Config(), *,

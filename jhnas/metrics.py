@@ -41,17 +41,36 @@ from __future__ import annotations
 import functools
 import math
 import warnings
-from typing import Any, Callable, Mapping, NamedTuple, Sequence
+from typing import Any, Callable, Iterable, Mapping, NamedTuple, Protocol, Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from numpy.typing import ArrayLike
 
 from jhnas import ntk as ntk_lib
 from jhnas.data import check_labels
-from jhnas.net import Net, from_apply
+from jhnas.net import Apply, LayerSpec, Net, Params, from_apply
 from jhnas.net import vjp as net_vjp
+
+
+class BatchLike(Protocol):
+    """What the metrics read of a batch (e.g. :class:`jhnas.data.Batch`): ``x`` (N, ...) and
+    integer labels ``y`` (N,)."""
+
+    @property
+    def x(self) -> ArrayLike: ...
+
+    @property
+    def y(self) -> ArrayLike: ...
+
+
+class MetricsFn(Protocol):
+    """``fn(params, batch, key=None) -> {name: value}``, as :func:`metrics_fn` returns it."""
+
+    def __call__(self, params: Params, batch: BatchLike, key: jax.Array | None = None, /
+                 ) -> dict[str, float]: ...
 
 
 class Metric(NamedTuple):
@@ -109,7 +128,8 @@ _loss_cotangent = jax.jit(jax.grad(cross_entropy))
 _cross_entropy = jax.jit(cross_entropy)
 
 
-def _loss_grad(net: Net, merge, kernels, x, y):
+def _loss_grad(net: Net, merge: Callable[[Iterable[Any]], Params], kernels: Sequence[Any],
+               x: jax.Array, y: jax.Array) -> Any:
     """dL/dW for the Conv/Dense kernels (a list aligned with ``kernels``)."""
     return jax.grad(lambda w: _cross_entropy(net.apply(merge(w), x), y))(kernels)
 
@@ -126,7 +146,7 @@ def _fisher(fan_in: int, channels: int, a: jax.Array, g: jax.Array) -> jax.Array
     return fan_in * (0.5 * ((a * g).reshape(n, -1, channels).sum(1) ** 2).mean(0)).sum()
 
 
-def _fan_in(spec, x: jax.Array) -> int:
+def _fan_in(spec: LayerSpec, x: jax.Array) -> int:
     if spec.kind == "dense":
         return math.prod(x.shape[i] for i in spec.contract)
     return x.shape[-1] // spec.groups * math.prod(spec.kernel_size)
@@ -144,7 +164,8 @@ def _grad_stats_layer(total: jax.Array, w: jax.Array, g: jax.Array) -> jax.Array
     return total + jnp.stack([jnp.sqrt((g ** 2).sum()), jnp.abs(w * g).sum()])
 
 
-def _layer_sum(layer_fn, kernels, grads, shape=()):
+def _layer_sum(layer_fn: Callable[[Any, Any, Any], Any], kernels: Sequence[Any],
+               grads: Sequence[Any], shape: tuple[int, ...] = ()) -> Any:
     """``layer_fn(total, w, g)`` accumulated over the layers from zeros of ``shape``.
 
     One jitted call per layer (not per array operation): a net of compiled blocks runs this glue
@@ -160,7 +181,8 @@ _NTK_FIX = ("for such a network compute the Gram with jhnas.empirical_ntk_fn(net
             "implementation='jacobian') and take jhnas.trace_norm / jhnas.condition_number of it")
 
 
-def _device_passes(net: Net, passes: frozenset[str], zico_splits: int):
+def _device_passes(net: Net, passes: frozenset[str], zico_splits: int
+                   ) -> Callable[[Params, jax.Array, jax.Array], dict[str, Any]]:
     """The jit-able part: every needed quantity from as few forward/backward passes as possible.
 
     The tapped forward pass (layer inputs, outputs and output cotangents) is used only when a
@@ -169,12 +191,13 @@ def _device_passes(net: Net, passes: frozenset[str], zico_splits: int):
     """
     loss_pass = passes & {"loss", "grasp", "fisher"}
 
-    def run(params, x, y):
+    def run(params: Params, x: jax.Array, y: jax.Array) -> dict[str, Any]:
         out = {}
         mask = ntk_lib.param_mask(params, "kernels")
         kernels, merge = ntk_lib.split_params(params, mask)
         kernels_of = lambda tree: ntk_lib.split_params(tree, mask)[0]  # noqa: E731
-        if passes & {"fisher", "ntk", "naswot"} and net.tapped is not None:
+        if passes & {"fisher", "ntk", "naswot"} and net.tapped is not None \
+                and net.layers is not None:
             # One tapped forward pass serves the loss gradient, Fisher, the NTK, jacob_cov and
             # NASWOT. Its backward passes go to the layers' output perturbations (and the input
             # for jacob_cov), not to the kernels: the kernel gradient follows from each layer's
@@ -243,20 +266,24 @@ def _device_passes(net: Net, passes: frozenset[str], zico_splits: int):
     return run
 
 
-def _synflow_fn(net: Net):
+def _synflow_fn(net: Net) -> Callable[[Params, jax.Array], jax.Array | int]:
     """SynFlow in float64 (needs ``jax.enable_x64`` while tracing and running)."""
+    apply_nobn = net.apply_nobn
+    if apply_nobn is None:
+        raise ValueError("synflow needs the net's apply_nobn (apply without BatchNorm): build the "
+                         "net with jhnas.net.from_flax or from_apply")
 
-    def run(params, x_shape_one):
+    def run(params: Params, x_shape_one: jax.Array) -> jax.Array | int:  # 0: no kernel
         p = jax.tree.map(lambda a: jnp.abs(a.astype(jnp.float64)), params)
         selected, merge = ntk_lib.split_params(p, ntk_lib.param_mask(p, "kernels"))
-        g = jax.grad(lambda w: net.apply_nobn(merge(w), x_shape_one).sum())(selected)
+        g = jax.grad(lambda w: apply_nobn(merge(w), x_shape_one).sum())(selected)
         return sum(jnp.abs(w * gw).sum() for w, gw in zip(selected, g))
 
     return run
 
 
-def metrics_fn(f: Net | Callable, names: Sequence[str], *, zico_splits: int = 2
-               ) -> Callable[[Any, Any, jax.Array], dict[str, float]]:
+def metrics_fn(f: Net | Apply, names: Sequence[str], *,
+               zico_splits: int = 2) -> MetricsFn:
     """Returns ``fn(params, batch, key) -> {name: value}`` computing ``names`` with shared passes.
 
     The device work is one jit-compiled function (plus a float64 one for synflow), compiled on
@@ -282,7 +309,7 @@ def metrics_fn(f: Net | Callable, names: Sequence[str], *, zico_splits: int = 2
     device = jit(_device_passes(net, passes - {"synflow"}, zico_splits))
     synflow = jit(_synflow_fn(net)) if "synflow" in passes else None
 
-    def fn(params, batch, key=None):
+    def fn(params: Params, batch: BatchLike, key: jax.Array | None = None) -> dict[str, float]:
         del key  # the built-in metrics are deterministic
         x = jnp.asarray(batch.x)
         if "zico" in passes and x.shape[0] < zico_splits:
@@ -311,7 +338,8 @@ def _finish(name: str, res: Mapping[str, Any]) -> float:
 
 
 def _single(name: str):
-    def metric(net, params, batch, key=None) -> float:
+    def metric(net: Net | Apply, params: Params,
+               batch: BatchLike, key: jax.Array | None = None) -> float:
         return metrics_fn(net, [name])(params, batch, key)[name]
 
     metric.__name__ = name

@@ -25,12 +25,15 @@ Example::
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
-from typing import Any, Callable, Mapping, NamedTuple, Sequence
+from typing import (Any, Callable, Collection, Iterable, Mapping, NamedTuple, Sequence, cast,
+                    overload)
 
 import flax.linen as nn
 import jax
+import jax.core
 import jax.extend.core as jex
 import numpy as np
 from flax import config as flax_config
@@ -41,6 +44,10 @@ from jhnas.nn import RELU_INPUTS
 
 Params = Any
 Path = tuple[str, ...]
+#: A plain network function ``apply(params, x) -> logits`` (N, K).
+Apply = Callable[[Params, jax.Array], jax.Array]
+#: ``pullback(ct, wrt=("params",)) -> {name: cotangent}`` of :func:`vjp`.
+Pullback = Callable[..., dict[str, Any]]
 
 _TAPS = "jhnas_taps"
 _PERTURB = "jhnas_dy"
@@ -81,6 +88,11 @@ class Taps(NamedTuple):
     outputs: dict[Path, jax.Array]  # (N, ..., C_out), bias included
 
 
+def _no_init(key: jax.Array, x: jax.Array) -> Params:
+    raise ValueError("this net has no init (a plain function from from_apply): pass its "
+                     "parameters yourself")
+
+
 class Net(NamedTuple):
     """Pure functions of one network. ``params`` is the Flax ``"params"`` collection.
 
@@ -107,20 +119,23 @@ class Net(NamedTuple):
         one, which :func:`jhnas.ntk.empirical_ntk_fn` then computes sample by sample.
     """
 
-    apply: Callable[[Params, jax.Array], jax.Array]
-    init: Callable[[jax.Array, jax.Array], Params] | None = None
-    apply_nobn: Callable[[Params, jax.Array], jax.Array] | None = None
-    layers: Callable[..., tuple[dict[Path, LayerSpec], dict[Path, jax.Array]]] | None = None
-    tapped: Callable[..., tuple[jax.Array, Taps, list[jax.Array]]] | None = None
+    apply: Apply
+    init: Callable[[jax.Array, jax.Array], Params] = _no_init
+    apply_nobn: Apply | None = None
+    layers: Callable[[Params, jax.Array | jax.ShapeDtypeStruct],
+                     tuple[dict[Path, LayerSpec], dict[Path, jax.Array]]] | None = None
+    tapped: Callable[[Params, jax.Array, Mapping[Path, jax.Array]],
+                     tuple[jax.Array, Taps, list[jax.Array]]] | None = None
     compiled: bool = False  # functions are already jit-compiled piecewise (:func:`from_blocks`)
-    vjp: Callable[..., tuple[jax.Array, Callable[..., dict], Any]] | None = None
+    vjp: Callable[..., tuple[jax.Array, Pullback,
+                             tuple[Taps, list[jax.Array]] | None]] | None = None
     coupled: Callable[[Params, jax.Array], bool] | None = None
 
 
 _WRT = ("params", "x", "dy")
 
 
-def _check_wrt(wrt, tapped: bool) -> tuple[bool, ...]:
+def _check_wrt(wrt: Collection[str], tapped: bool) -> tuple[bool, ...]:
     """``wrt`` as flags over ("params", "x", "dy"), validated."""
     bad = set(wrt) - set(_WRT if tapped else _WRT[:2])
     if bad:
@@ -130,7 +145,9 @@ def _check_wrt(wrt, tapped: bool) -> tuple[bool, ...]:
     return tuple(name in wrt for name in (_WRT if tapped else _WRT[:2]))
 
 
-def _tapped_vjp(tapped, params, x, dy):
+def _tapped_vjp(tapped: Callable[..., tuple[jax.Array, Taps, list[jax.Array]]], params: Params,
+                x: jax.Array, dy: Mapping[Path, jax.Array]
+                ) -> tuple[jax.Array, Callable[[jax.Array], tuple[Any, ...]], Any]:
     """``jax.vjp`` of ``tapped`` in (params, x, dy), with ``(taps, relu_inputs)`` as aux."""
     def f(p, h, d):
         out, taps, relus = tapped(p, h, d)
@@ -139,7 +156,18 @@ def _tapped_vjp(tapped, params, x, dy):
     return jax.vjp(f, params, x, dy, has_aux=True)
 
 
-def vjp(net: Net, params: Params, x: jax.Array, dy: Mapping | None = None):
+@overload
+def vjp(net: Net, params: Params, x: jax.Array, dy: None = None
+        ) -> tuple[jax.Array, Pullback, None]: ...
+
+
+@overload
+def vjp(net: Net, params: Params, x: jax.Array, dy: Mapping[Path, jax.Array]
+        ) -> tuple[jax.Array, Pullback, tuple[Taps, list[jax.Array]]]: ...
+
+
+def vjp(net: Net, params: Params, x: jax.Array, dy: Mapping[Path, jax.Array] | None = None
+        ) -> tuple[jax.Array, Pullback, tuple[Taps, list[jax.Array]] | None]:
     """``(logits, pullback, aux)``: the reverse pass of ``net.apply(params, x)`` or, with the
     layers' output perturbations ``dy``, of ``net.tapped(params, x, dy)`` (then ``aux = (Taps,
     relu_inputs)``, else None). ``pullback(ct, wrt=("params",))`` returns ``{name: cotangent}``
@@ -158,14 +186,14 @@ def vjp(net: Net, params: Params, x: jax.Array, dy: Mapping | None = None):
             raise ValueError("a pass with dy needs a tappable net: build it with from_flax")
         logits, pull, aux = _tapped_vjp(net.tapped, params, x, dy)
 
-    def pullback(ct, wrt=("params",)):
+    def pullback(ct: jax.Array, wrt: Collection[str] = ("params",)) -> dict[str, Any]:
         keep = _check_wrt(wrt, dy is not None)
         return {name: g for name, g, k in zip(_WRT, pull(ct), keep) if k}
 
     return logits, pullback, aux
 
 
-def from_apply(apply: Callable[[Params, jax.Array], jax.Array], *,
+def from_apply(apply: Apply, *,
                batch_coupled: bool = True) -> Net:
     """Wraps a plain ``apply(params, x) -> logits``; no taps, BatchNorm left as the function has it.
 
@@ -207,7 +235,7 @@ def _spec(mod: nn.Module, x: jax.Array) -> LayerSpec | None:
                      mod.feature_group_count, mod.use_bias)
 
 
-def _interceptor(bn: str, tap: bool, specs: dict | None):
+def _interceptor(bn: str, tap: bool, specs: dict[Path, LayerSpec] | None) -> nn.module.Interceptor:
     def intercept(next_fun, args, kwargs, context):
         mod = context.module
         if context.method_name != "__call__":
@@ -226,6 +254,7 @@ def _interceptor(bn: str, tap: bool, specs: dict | None):
         if tap and isinstance(mod, TAPPED) and (spec := _spec(mod, args[0])) is not None:
             x = args[0]
             if specs is not None:
+                assert mod.scope is not None  # a bound module: its method is running
                 specs[tuple(mod.scope.path)] = spec
             y = next_fun(*args, **kwargs)
             mod.sow(_TAPS, "jhnas_x", x)
@@ -237,7 +266,7 @@ def _interceptor(bn: str, tap: bool, specs: dict | None):
     return intercept
 
 
-def bn_mode(mode: str):
+def bn_mode(mode: str) -> contextlib.AbstractContextManager[None]:
     """A context in which every ``nn.BatchNorm`` of an applied Flax module runs in ``mode``
     (``"train"``: batch statistics, ``"eval"``: running statistics, ``"none"``: identity)."""
     if mode not in BN_MODES:
@@ -245,7 +274,7 @@ def bn_mode(mode: str):
     return nn.intercept_methods(_interceptor(mode, False, None))
 
 
-def leaf_paths(tree) -> list[Path]:
+def leaf_paths(tree: Any) -> list[tuple[Any, ...]]:
     """The path of names of every leaf of ``tree``, in ``jax.tree.leaves`` order."""
     return [tuple(getattr(k, "key", getattr(k, "name", getattr(k, "idx", k))) for k in path)
             for path, _ in jax.tree_util.tree_flatten_with_path(tree)[0]]
@@ -259,7 +288,7 @@ _KERNEL_PASS = frozenset({"convert_element_type", "copy", "copy_p"})
 _BIAS_PASS = _KERNEL_PASS | {"reshape", "broadcast_in_dim", "squeeze", "expand_dims"}
 
 
-def _uses(jaxpr, var, passthrough) -> list[tuple[str, int]]:
+def _uses(jaxpr: jex.Jaxpr, var: Any, passthrough: Collection[str]) -> list[tuple[str, int]]:
     """The uses of ``var`` in ``jaxpr`` as (primitive, operand index), following it through the
     ``passthrough`` primitives and into and out of the sub-jaxprs of :data:`_CALLS`;
     ``("output", i)`` if it is the jaxpr's i-th output."""
@@ -281,7 +310,8 @@ def _uses(jaxpr, var, passthrough) -> list[tuple[str, int]]:
     return out
 
 
-def _direct_layers(jaxpr, param_paths: list[Path], specs: Mapping[Path, LayerSpec]) -> set[Path]:
+def _direct_layers(jaxpr: jex.Jaxpr, param_paths: Sequence[tuple[Any, ...]],
+                   specs: Mapping[Path, LayerSpec]) -> set[Path]:
     """The tapped layers whose kernel is used once, as the right operand of a convolution or
     ``dot_general``, and whose bias (if any) once, added, both unchanged on the way (dtype
     casts aside): those whose per-sample gradients the taps give. ``jaxpr`` is the tapped forward
@@ -299,12 +329,12 @@ def _direct_layers(jaxpr, param_paths: list[Path], specs: Mapping[Path, LayerSpe
     return direct
 
 
-def _flat(tree, leaf_name: str) -> dict[Path, Any]:
+def _flat(tree: Mapping[str, Any] | None, leaf_name: str) -> dict[Path, Any]:
     flat = traverse_util.flatten_dict(tree) if tree else {}
     return {k[:-1]: v for k, v in flat.items() if k[-1] == leaf_name}
 
 
-def from_flax(module: nn.Module, *, bn: str = "train", state: Mapping | None = None,
+def from_flax(module: nn.Module, *, bn: str = "train", state: Mapping[str, Any] | None = None,
               rngs: Mapping[str, jax.Array] | None = None,
               batch_coupled: bool | None = None) -> Net:
     """Builds a :class:`Net` from a Flax module whose ``__call__(x)`` returns logits.
@@ -419,22 +449,27 @@ def _compiled_block(module: nn.Module, bn: str) -> _BlockFns:
     """The jit-compiled functions of one block (cached per module configuration and BN mode:
     equal modules share their compilations, which jit caches per input shape)."""
     net = from_flax(module, bn=bn)
+    init, net_layers, apply_nobn, tapped = net.init, net.layers, net.apply_nobn, net.tapped
+    # from_flax sets them all
+    assert init is not None and net_layers is not None and apply_nobn is not None
+    assert tapped is not None
 
     @functools.lru_cache(maxsize=None)
     def layers(shape, dtype):
         x = jax.ShapeDtypeStruct(shape, dtype)
-        specs, dy0 = net.layers(jax.eval_shape(net.init, jax.random.key(0), x), x)
+        specs, dy0 = net_layers(jax.eval_shape(init, jax.random.key(0), x), x)
         return specs, {p: jax.ShapeDtypeStruct(v.shape, v.dtype) for p, v in dy0.items()}
 
     # A jitted jax.vjp returns its pullback as a Partial whose static part is the same object
     # on every call, so _pull compiles once per block configuration and shape.
-    return _BlockFns(jax.jit(net.apply), jax.jit(net.apply_nobn), jax.jit(net.tapped), layers,
+    return _BlockFns(jax.jit(net.apply), jax.jit(apply_nobn), jax.jit(tapped), layers,
                      jax.jit(functools.partial(jax.vjp, net.apply)),
-                     jax.jit(functools.partial(_tapped_vjp, net.tapped)))
+                     jax.jit(functools.partial(_tapped_vjp, tapped)))
 
 
 @functools.partial(jax.jit, static_argnums=2)
-def _pull(pullback, ct, keep: tuple[bool, ...]):
+def _pull(pullback: Callable[[jax.Array], tuple[Any, ...]], ct: jax.Array, keep: tuple[bool, ...]
+          ) -> tuple[Any, ...]:
     """The input cotangents of one block's reverse pass that ``keep`` asks for (None for the
     others, whose computation XLA then drops)."""
     return tuple(g if k else None for g, k in zip(pullback(ct), keep))
@@ -445,7 +480,7 @@ def _pull(pullback, ct, keep: tuple[bool, ...]):
 _add = jax.jit(jax.numpy.add)
 
 
-def _add_at(tree: dict, scope: Path, value: dict) -> None:
+def _add_at(tree: dict[str, Any], scope: Path, value: Mapping[str, Any]) -> None:
     """Adds the block parameters' cotangent ``value`` into the nested dict ``tree`` at ``scope``
     (``()``: top-level entries), summing with what is already there."""
     for s in scope:
@@ -462,7 +497,8 @@ _INITS = {nn.Conv: (("kernel", "kernel_init"), ("bias", "bias_init")),
 
 
 @functools.lru_cache(maxsize=None)
-def _block_params(module: nn.Module, shape: tuple[int, ...], dtype):
+def _block_params(module: nn.Module, shape: tuple[int, ...], dtype: Any
+                  ) -> tuple[Any, list[tuple[Path, int, Callable, jax.ShapeDtypeStruct]]]:
     """``(output ShapeDtypeStruct, [(path, counter, initialiser, ShapeDtypeStruct)])`` of one
     block's parameters, in creation order (``jax.eval_shape``: nothing is computed)."""
     mods: dict[Path, nn.Module] = {}
@@ -477,7 +513,7 @@ def _block_params(module: nn.Module, shape: tuple[int, ...], dtype):
     specs = []
     layers: dict[Path, dict[str, jax.ShapeDtypeStruct]] = {}
     for path, leaf in traverse_util.flatten_dict(variables.get("params", {})).items():
-        layers.setdefault(path[:-1], {})[path[-1]] = leaf
+        layers.setdefault(path[:-1], {})[path[-1]] = cast(jax.ShapeDtypeStruct, leaf)
     for path, leaves in layers.items():
         mod = mods[path]
         order = _INITS.get(type(mod))
@@ -491,7 +527,7 @@ def _block_params(module: nn.Module, shape: tuple[int, ...], dtype):
     return out, specs
 
 
-def _path_hash(parts) -> int:
+def _path_hash(parts: Iterable[str | int]) -> int:
     """The 32-bit number Flax folds into the root key for a parameter's module path and counter
     (``flax.core.scope._fold_in_static``: the first 4 bytes of the SHA-1 of the parts)."""
     m = hashlib.sha1()
@@ -545,7 +581,7 @@ def block_init(blocks: Sequence[Block]) -> Callable[[jax.Array, jax.Array], Para
             rows, wrap = keys, lambda k: k
         else:  # eagerly, iterating over a key array would compile an unstack program per
             # bucket (about 1 s each): the key data comes to the host once, wrapped per row
-            typed = jax.dtypes.issubdtype(key.dtype, jax.dtypes.prng_key)
+            typed = jax.numpy.issubdtype(key.dtype, jax.dtypes.prng_key)
             rows = np.asarray(jax.random.key_data(keys) if typed else keys)
             wrap = (functools.partial(jax.random.wrap_key_data, impl=jax.random.key_impl(key))
                     if typed else jax.device_put)
@@ -582,16 +618,17 @@ def from_blocks(blocks: Sequence[Block],
         raise ValueError(f"bn must be one of {BN_MODES}, got {bn!r}")
     blocks = tuple(blocks)
     init = init or block_init(blocks)
-    fns = [None if b.module is None else _compiled_block(b.module, bn) for b in blocks]
+    fns = {i: _compiled_block(b.module, bn) for i, b in enumerate(blocks) if b.module is not None}
 
-    def sub(params, b: Block):
+    def sub(params: Params, b: Block) -> Params:
         if not b.scope:
             return {k: params[k] for k in b.keys}
         for s in b.scope:
             params = params[s]
         return params
 
-    def run(x, call, add=_add):
+    def run(x: Any, call: Callable[[int, Block, Any], Any],
+            add: Callable[[Any, Any], Any] = _add) -> Any:
         nodes = {0: x}
         for i, b in enumerate(blocks):
             y = nodes[b.src] if b.module is None else call(i, b, nodes[b.src])
@@ -653,6 +690,7 @@ def from_blocks(blocks: Sequence[Block],
 
         def pullback(ct, wrt=("params",)):
             keep = _check_wrt(wrt, dy is not None)
+            want_dy = any(keep[2:])  # the cotangent of dy is asked for
             cts, grads, d_dy = {blocks[-1].dst: ct}, {}, {}
             for i in reversed(range(len(blocks))):
                 b = blocks[i]
@@ -669,7 +707,7 @@ def from_blocks(blocks: Sequence[Block],
                     _add_at(grads, b.scope, g[0])
                 if g[1] is not None:
                     cts[b.src] = _add(cts[b.src], g[1]) if b.src in cts else g[1]
-                if len(keep) > 2 and keep[2]:
+                if want_dy:
                     d_dy.update({b.scope + p: v for p, v in g[2].items()})
             out = {"params": grads, "x": cts.get(0), "dy": d_dy}
             return {name: out[name] for name, k in zip(_WRT, keep) if k}

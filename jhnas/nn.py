@@ -18,12 +18,14 @@ from __future__ import annotations
 
 import functools
 import math
-from typing import Sequence
+from typing import Any, Callable, Sequence
 
 import flax.linen as nn
 import jax
+import jax.core
 import jax.numpy as jnp
 import numpy as np
+from flax.typing import PaddingLike
 from jax import lax
 from jax.custom_derivatives import SymbolicZero
 
@@ -45,14 +47,17 @@ def _prefix_stable(key: jax.Array) -> bool:
     """True if ``uniform(key, (m,))[:n] == uniform(key, (n,))`` for m >= n: threefry with
     ``jax_threefry_partitionable`` (JAX's default), whose i-th value depends only on the key and
     i."""
-    if not jax.config.jax_threefry_partitionable:
+    # jax.config's options are attributes set at run time, unknown to its class's type
+    if not jax.config.jax_threefry_partitionable:  # pyright: ignore[reportAttributeAccessIssue]
         return False
     typed = jnp.issubdtype(key.dtype, jax.dtypes.prng_key)
-    impl = jax.random.key_impl(key) if typed else jax.config.jax_default_prng_impl
+    impl = (jax.random.key_impl(key) if typed
+            else jax.config.jax_default_prng_impl)  # pyright: ignore[reportAttributeAccessIssue]
     return "threefry" in str(impl)
 
 
-def _uniform(key, shape, dtype, minval, maxval, scale=1) -> jax.Array:
+def _uniform(key: jax.Array, shape: Sequence[int], dtype: Any, minval: float, maxval: float,
+             scale: Any = 1) -> jax.Array:
     """``jax.random.uniform(key, shape, dtype, minval, maxval) * scale``, the same values.
 
     Run eagerly, ``jax.random.uniform`` compiles one program per shape, about 0.5 s each on CPU:
@@ -72,12 +77,14 @@ def _uniform(key, shape, dtype, minval, maxval, scale=1) -> jax.Array:
 
 
 @functools.partial(jax.jit, static_argnums=(1, 2))
-def _flat_uniform(key, size: int, dtype, minval, maxval) -> jax.Array:
+def _flat_uniform(key: jax.Array, size: int, dtype: Any, minval: float, maxval: float
+                  ) -> jax.Array:
     # jax.random.uniform's own argument checks cost more than the draw of a small layer
     return jax.random.uniform(key, (size,), dtype, minval, maxval)
 
 
-def torch_kernel_init(key, shape, dtype=jnp.float32):
+def torch_kernel_init(key: jax.Array, shape: Sequence[int], dtype: Any = jnp.float32
+                      ) -> jax.Array:
     """PyTorch's ``kaiming_uniform_(w, a=sqrt(5))``: U(-1/sqrt(fan_in), 1/sqrt(fan_in)), fan_in
     the product of all but the last (output) axis; the values of
     ``nn.initializers.variance_scaling(1/3, "fan_in", "uniform")``."""
@@ -85,11 +92,11 @@ def torch_kernel_init(key, shape, dtype=jnp.float32):
     return _uniform(key, shape, dtype, -1.0, 1.0, scale=np.sqrt(np.asarray(3, dtype) * variance))
 
 
-def torch_bias_init(fan_in: int):
+def torch_bias_init(fan_in: int) -> Callable[..., jax.Array]:
     """PyTorch's default bias initialiser: U(-1/sqrt(fan_in), 1/sqrt(fan_in))."""
     bound = 1.0 / math.sqrt(fan_in) if fan_in > 0 else 0.0
 
-    def init(key, shape, dtype=jnp.float32):
+    def init(key: jax.Array, shape: Sequence[int], dtype: Any = jnp.float32) -> jax.Array:
         return _uniform(key, shape, dtype, -bound, bound)
 
     return init
@@ -103,8 +110,9 @@ CONV_CHUNK = 8
 UNCHUNKED_POSITIONS = 64
 
 
-def chunked_conv(lhs, rhs, window_strides, padding, *, dimension_numbers=None, chunk=None,
-                 **kwargs):
+def chunked_conv(lhs: jax.Array, rhs: jax.Array, window_strides: Sequence[int], padding: Any, *,
+                 dimension_numbers: Any = None, chunk: int | None = None, **kwargs: Any
+                 ) -> jax.Array:
     r"""``lax.conv_general_dilated`` (same arguments) with the weight gradient computed in chunks.
 
     The reverse-mode weight gradient of a convolution is :math:`\sum_n x_n \star dy_n`; XLA:CPU
@@ -144,8 +152,10 @@ def chunked_conv(lhs, rhs, window_strides, padding, *, dimension_numbers=None, c
     return f(lhs, rhs)
 
 
-def Conv(in_features: int, features: int, kernel_size: int | Sequence[int], *, strides=1,
-         padding=0, use_bias: bool = False, groups: int = 1, dilation=1, name=None) -> nn.Conv:
+def Conv(in_features: int, features: int, kernel_size: int | Sequence[int], *,
+         strides: int | Sequence[int] = 1, padding: PaddingLike = 0,
+         use_bias: bool = False, groups: int = 1, dilation: int | Sequence[int] = 1,
+         name: str | None = None) -> nn.Conv:
     """``nn.Conv`` (NHWC) with PyTorch's default initialisation, PyTorch-style integer padding and
     :func:`chunked_conv`."""
     ks = (kernel_size, kernel_size) if isinstance(kernel_size, int) else tuple(kernel_size)
@@ -157,7 +167,8 @@ def Conv(in_features: int, features: int, kernel_size: int | Sequence[int], *, s
                    conv_general_dilated=chunked_conv, name=name)
 
 
-def Dense(in_features: int, features: int, *, use_bias: bool = True, name=None) -> nn.Dense:
+def Dense(in_features: int, features: int, *, use_bias: bool = True, name: str | None = None
+          ) -> nn.Dense:
     """``nn.Dense`` with PyTorch's default ``nn.Linear`` initialisation."""
     return nn.Dense(features, use_bias=use_bias, kernel_init=torch_kernel_init,
                     bias_init=torch_bias_init(in_features), name=name)
@@ -182,7 +193,7 @@ def avg_pool_3x3(x: jax.Array, stride: int = 1) -> jax.Array:
     h, w = x.shape[1:3]
     ho, wo = (h - 1) // stride + 1, (w - 1) // stride + 1
 
-    def window_sum(a, pad):
+    def window_sum(a: Any, pad: Callable[[Any], Any]) -> Any:
         a = pad(a)
         a = sum(a[:, i:i + stride * (ho - 1) + 1:stride] for i in range(3))
         return sum(a[:, :, j:j + stride * (wo - 1) + 1:stride] for j in range(3))

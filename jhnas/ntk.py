@@ -57,16 +57,18 @@ from __future__ import annotations
 import enum
 import functools
 import math
-from typing import Any, Callable, Collection
+from typing import Any, Callable, Collection, Iterable, Mapping, Protocol, Sequence, cast
 
 import jax
+import jax.core
 import jax.numpy as jnp
 import numpy as np
 from jax import lax
+from numpy.typing import ArrayLike
 
 from jhnas import _nt_compat
 from jhnas.data import check_labels
-from jhnas.net import LayerSpec, Net, from_apply, leaf_paths
+from jhnas.net import Apply, LayerSpec, Net, Params, Path, from_apply, leaf_paths
 from jhnas.net import vjp as net_vjp
 from jhnas.nn import chunked_conv
 
@@ -90,7 +92,14 @@ class Implementation(enum.Enum):
 ParamChoice = Any
 
 
-def param_mask(params, which: ParamChoice = "layers"):
+class NTKFn(Protocol):
+    """``ntk(params, x, y=None) -> Theta`` (M, M), as :func:`empirical_ntk_fn` returns it."""
+
+    def __call__(self, params: Params, x: jax.Array, y: jax.Array | None = None, /
+                 ) -> jax.Array: ...
+
+
+def param_mask(params: Params, which: ParamChoice = "layers") -> Any:
     """Boolean pytree: which leaves of ``params`` the parameter choice ``which`` selects.
 
     ``"layers"``: every leaf named ``kernel`` (the weights of ``nn.Conv``, ``nn.Dense``,
@@ -124,13 +133,13 @@ def param_mask(params, which: ParamChoice = "layers"):
     return treedef.unflatten([keep_leaf(p) for p in paths])
 
 
-def selected(params, which: ParamChoice = "layers") -> list[str]:
+def selected(params: Params, which: ParamChoice = "layers") -> list[str]:
     """The paths (``"a/b/kernel"``) of the parameters that ``which`` selects, in leaf order."""
     return ["/".join(map(str, p)) for p, keep in
             zip(leaf_paths(params), jax.tree.leaves(param_mask(params, which))) if keep]
 
 
-def _checked_mask(params, which: ParamChoice):
+def _checked_mask(params: Params, which: ParamChoice) -> Any:
     """:func:`param_mask`, with an error if it selects nothing."""
     mask = param_mask(params, which)
     if not any(jax.tree.leaves(mask)):
@@ -143,14 +152,15 @@ def _checked_mask(params, which: ParamChoice):
     return mask
 
 
-def split_params(params, mask):
+def split_params(params: Params, mask: Any
+                 ) -> tuple[list[Any], Callable[[Iterable[Any]], Params]]:
     """``(selected leaves, merge)``: the leaves where ``mask`` is True, and a function that puts
     replacements for them back into ``params``."""
     leaves, treedef = jax.tree.flatten(params)
     keep = treedef.flatten_up_to(mask)
     selected = [leaf for leaf, k in zip(leaves, keep) if k]
 
-    def merge(new):
+    def merge(new: Iterable[Any]) -> Params:
         it = iter(new)
         return treedef.unflatten([next(it) if k else leaf for leaf, k in zip(leaves, keep)])
 
@@ -164,10 +174,11 @@ def select_outputs(logits: jax.Array, y: jax.Array | None, output: str) -> jax.A
     return jnp.einsum("onk,nk->no", ct, logits).reshape(-1)
 
 
-def _gram_of_rows(rows) -> jax.Array:
+def _gram_of_rows(rows: Any) -> jax.Array:
     """sum over leaves of R R^T, with every leaf reshaped to (M, -1)."""
-    return sum(r.reshape(r.shape[0], -1) @ r.reshape(r.shape[0], -1).T
-               for r in jax.tree.leaves(rows))
+    # rows has at least one leaf (_checked_mask), so the sum is an array, not the int 0
+    return cast(jax.Array, sum(r.reshape(r.shape[0], -1) @ r.reshape(r.shape[0], -1).T
+                               for r in jax.tree.leaves(rows)))
 
 
 # ----------------------------------------------------------------------------- implementations
@@ -218,7 +229,8 @@ def _prepad(spec: LayerSpec, a: jax.Array) -> tuple[LayerSpec, jax.Array]:
             jnp.pad(a, [(0, 0), *pads, (0, 0)], mode=_PAD_MODES[spec.padding]))
 
 
-def _dense_operands(spec: LayerSpec, a: jax.Array, delta: jax.Array):
+def _dense_operands(spec: LayerSpec, a: jax.Array, delta: jax.Array
+                    ) -> tuple[jax.Array, jax.Array]:
     """A dense layer's input as (N, S, C_in) and output cotangent as (N, S, C_out): the
     contracted input axes moved last (in the kernel's order) and flattened, the trailing
     ``out_dims`` feature axes flattened, the other axes as S positions."""
@@ -235,7 +247,8 @@ def out_channels(spec: LayerSpec, out: jax.Array) -> int:
         out.shape[-1]
 
 
-def per_sample_layer_grads(spec: LayerSpec, a: jax.Array, delta: jax.Array):
+def per_sample_layer_grads(spec: LayerSpec, a: jax.Array, delta: jax.Array
+                           ) -> tuple[jax.Array, jax.Array]:
     """Per-sample gradients of one layer, ``(kernel (N, D), bias (N, C_out))``.
 
     ``a`` is the layer input (N, ..., C_in), ``delta`` the output cotangent (N, ..., C_out);
@@ -291,7 +304,8 @@ def layer_weight_grad(spec: LayerSpec, a: jax.Array, delta: jax.Array) -> jax.Ar
     return jax.vjp(conv, jnp.zeros(shape, a.dtype))[1](delta)[0]
 
 
-def gram_from_taps(specs, inputs, deltas, *, biases: bool | Collection = True,
+def gram_from_taps(specs: Mapping[Path, LayerSpec], inputs: Mapping[Path, jax.Array],
+                   deltas: Mapping[Path, jax.Array], *, biases: bool | Collection[Path] = True,
                    scan_offsets: bool = False) -> jax.Array:
     """The decomposition's Gram from one tapped pass, over the layers of ``specs``.
 
@@ -300,7 +314,7 @@ def gram_from_taps(specs, inputs, deltas, *, biases: bool | Collection = True,
     ``biases``: whether the layers' biases count (or the paths of the layers whose bias counts).
     ``scan_offsets``: see :func:`_layer_gram`.
     """
-    gram = 0.0
+    gram: Any = 0.0  # an array from the first layer on
     for path, spec in specs.items():
         bias = spec.use_bias and (biases if isinstance(biases, bool) else path in biases)
         gram = gram + _layer_gram(spec, inputs[path], deltas[path], bias, scan_offsets)
@@ -440,7 +454,7 @@ def _conv_rows(spec: LayerSpec, a: jax.Array, deltas: jax.Array) -> jax.Array:
     return lax.map(step, jnp.arange(n // chunk)).reshape(n * outs, -1)
 
 
-def _pads(spec: LayerSpec, in_shape):
+def _pads(spec: LayerSpec, in_shape: Sequence[int]) -> Sequence[tuple[int, int]]:
     """A convolution's (low, high) zero padding per spatial axis of an input of ``in_shape``."""
     if not isinstance(spec.padding, str):
         return spec.padding
@@ -448,7 +462,8 @@ def _pads(spec: LayerSpec, in_shape):
     return lax.padtype_to_pads(in_shape, window, spec.strides, spec.padding)
 
 
-def _shifts(spec: LayerSpec, a: jax.Array, out_shape):
+def _shifts(spec: LayerSpec, a: jax.Array, out_shape: Sequence[int]
+            ) -> tuple[jax.Array, Callable[[jax.Array, Any], jax.Array]]:
     """A convolution's zero-padded input and ``shifted(a, offset)``: the padded input ``a``
     (n, ...) at the positions that kernel offset ``offset`` meets, (n, prod(out_shape), C_in).
     ``offset`` may be traced (``lax.scan``)."""
@@ -501,8 +516,9 @@ def ones_like(a: jax.Array) -> jax.Array:
     return 1 + 0 * lax.stop_gradient(a)
 
 
-def check_decomposable(specs: dict, params, which: ParamChoice,
-                       fix: str = "use implementation='jacobian' or 'per_sample'") -> set:
+def check_decomposable(specs: Mapping[Path, LayerSpec], params: Params, which: ParamChoice,
+                       fix: str = "use implementation='jacobian' or 'per_sample'"
+                       ) -> set[tuple[Any, ...]]:
     """The paths of the parameters ``which`` selects; ``ValueError`` (ending in ``fix``) unless
     the taps give the per-sample gradient of each: it is the kernel, or the bias together with
     the kernel, of a tapped layer (:data:`jhnas.net.TAPPED`) whose kernel and bias reach its
@@ -532,8 +548,9 @@ def check_decomposable(specs: dict, params, which: ParamChoice,
     return chosen
 
 
-def _decomposition_gram(net: Net, params, x, y, *, output, which, scan_offsets=False):
-    if net.tapped is None:
+def _decomposition_gram(net: Net, params: Params, x: jax.Array, y: jax.Array | None, *,
+                        output: str, which: ParamChoice, scan_offsets: bool = False) -> jax.Array:
+    if net.tapped is None or net.layers is None:
         raise ValueError("the decomposition needs a tappable net: build it with "
                          "jhnas.net.from_flax(module); plain functions support 'jacobian' and "
                          "'per_sample'")
@@ -546,12 +563,12 @@ def _decomposition_gram(net: Net, params, x, y, *, output, which, scan_offsets=F
                           scan_offsets=scan_offsets)
 
 
-def empirical_ntk_fn(f: Net | Callable, *, implementation: Implementation | str = "decomposition",
+def empirical_ntk_fn(f: Net | Apply, *,
+                     implementation: Implementation | str = "decomposition",
                      output: str = "label", params: ParamChoice = "layers",
                      chunk_size: int | None = None,
                      backend: str = "jhnas", nt_implementation: str = "structured_derivatives",
-                     scan_offsets: bool = False
-                     ) -> Callable[[Any, jax.Array, jax.Array | None], jax.Array]:
+                     scan_offsets: bool = False) -> NTKFn:
     """Returns ``ntk(params, x, y=None) -> Theta`` (float32, (M, M)), jit-compiled.
 
     Args:
@@ -585,7 +602,7 @@ def empirical_ntk_fn(f: Net | Callable, *, implementation: Implementation | str 
         return _nt_ntk_fn(net, impl, output=output, which=params,
                           nt_implementation=nt_implementation)
 
-    def ntk(p, x, y=None):
+    def ntk(p: Params, x: jax.Array, y: jax.Array | None = None) -> jax.Array:
         if output == "label" and y is None:
             raise ValueError("output='label' needs the labels y")
         if impl is Implementation.DECOMPOSITION:
@@ -601,8 +618,8 @@ def empirical_ntk_fn(f: Net | Callable, *, implementation: Implementation | str 
     return ntk if net.compiled else jax.jit(ntk)
 
 
-def _nt_ntk_fn(net: Net, impl: Implementation, *, output: str, which: str,
-               nt_implementation: str):
+def _nt_ntk_fn(net: Net, impl: Implementation, *, output: str, which: ParamChoice,
+               nt_implementation: str) -> NTKFn:
     """The NTK by neural-tangents' ``empirical_ntk_fn`` (jit-compiled whole)."""
     if impl is Implementation.DECOMPOSITION:
         raise ValueError("neural-tangents has no per-layer decomposition: use "
@@ -614,7 +631,7 @@ def _nt_ntk_fn(net: Net, impl: Implementation, *, output: str, which: str,
     nt_impl = nt.NtkImplementation[nt_implementation.upper()]
     per_sample = impl is Implementation.PER_SAMPLE
 
-    def ntk(p, x, y=None):
+    def ntk(p: Params, x: jax.Array, y: jax.Array | None = None) -> jax.Array:
         if output == "label" and y is None:
             raise ValueError("output='label' needs the labels y")
         selected, merge = split_params(p, _checked_mask(p, which))
@@ -634,7 +651,7 @@ def _nt_ntk_fn(net: Net, impl: Implementation, *, output: str, which: str,
 
 # ----------------------------------------------------------------------------- spectrum (host)
 
-def _checked(gram) -> np.ndarray:
+def _checked(gram: ArrayLike) -> np.ndarray:
     g = np.asarray(gram, dtype=np.float64)
     if g.ndim != 2 or g.shape[0] != g.shape[1]:
         raise ValueError(f"NTK Gram must be square, got shape {g.shape}")
@@ -644,12 +661,12 @@ def _checked(gram) -> np.ndarray:
     return (g + g.T) / 2
 
 
-def eigenvalues(gram) -> np.ndarray:
+def eigenvalues(gram: ArrayLike) -> np.ndarray:
     """Eigenvalues of the Gram in float64, ascending."""
     return np.linalg.eigvalsh(_checked(gram))
 
 
-def trace_norm(gram) -> float:
+def trace_norm(gram: ArrayLike) -> float:
     """The NASI/HNAS metric M = sqrt(tr(Theta) / M_rows)."""
     g = _checked(gram)
     return math.sqrt(max(np.trace(g), 0.0) / g.shape[0])
@@ -661,7 +678,7 @@ def cond_floor(n: int) -> float:
     return n * float(np.finfo(np.float32).eps)
 
 
-def condition_number(gram) -> float:
+def condition_number(gram: ArrayLike) -> float:
     r"""kappa = lambda_max / max(lambda_min, floor * lambda_max), floor = :func:`cond_floor` (N).
 
     Guarded, unlike the official code: a singular or indefinite (rounding) Gram gives the cap

@@ -46,10 +46,13 @@ from jhnas.metrics import metrics_fn
 from jhnas.net import Net, from_apply
 from jhnas.ntk import empirical_ntk_fn
 
+#: A JAX device (``jax.Device``, which type checkers read as a variable, not a type).
+Device = Any
+
 AXIS = "batch"
 
 
-def batch_mesh(devices: Sequence[jax.Device] | None = None, axis: str = AXIS) -> Mesh:
+def batch_mesh(devices: Sequence[Device] | None = None, axis: str = AXIS) -> Mesh:
     """A one-axis mesh over ``devices`` (default: all devices of the default backend)."""
     devices = list(jax.devices() if devices is None else devices)
     if not devices:
@@ -133,7 +136,7 @@ def sharded_metrics_fn(f: Net | Callable, names: Sequence[str], mesh: Mesh | Non
 
 
 def map_devices(fn: Callable[[Any], Any], items: Sequence[Any], *,
-                devices: Sequence[jax.Device] | None = None) -> list[Any]:
+                devices: Sequence[Device] | None = None) -> list[Any]:
     """``[fn(item) for item in items]``, the items dealt round-robin to ``devices``.
 
     Each device works through its items one after another in its own thread, inside

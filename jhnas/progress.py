@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import sys
 import time
-from typing import Callable, Iterable
+from typing import Any, Callable, Iterable, Iterator, Sized
 
 from tqdm.auto import tqdm
 
@@ -17,12 +17,16 @@ class Lines:
     """The part of tqdm's interface jhnas uses, printing one line per update."""
 
     def __init__(self, iterable: Iterable | None = None, *, total: int | None = None,
-                 desc: str = "", unit: str = "it", initial: int = 0, file=None, **_):
+                 desc: str = "", unit: str = "it", initial: int = 0, file: Any = None, **_: Any):
         self.iterable, self.desc, self.unit, self.n = iterable, desc, unit, initial
-        self.total = total if total is not None or iterable is None else len(iterable)
+        # like tqdm: no total for an iterable without a length (a generator)
+        self.total = (total if total is not None or not isinstance(iterable, Sized)
+                      else len(iterable))
         self.file, self.postfix, self.start = file or sys.stderr, "", time.perf_counter()
 
-    def __iter__(self):
+    def __iter__(self) -> Iterator[Any]:
+        if self.iterable is None:
+            raise TypeError("'NoneType' object is not iterable")
         for item in self.iterable:
             yield item
             self.update()
@@ -44,7 +48,7 @@ class Lines:
         pass
 
 
-def bar(iterable: Iterable | None = None, *, enabled: bool = True, **kwargs):
+def bar(iterable: Iterable | None = None, *, enabled: bool = True, **kwargs: Any) -> Any:
     """A tqdm bar (``enabled`` and a terminal), :class:`Lines` (``enabled``, no terminal) or a
     silent tqdm (not ``enabled``)."""
     if not enabled:
@@ -54,7 +58,8 @@ def bar(iterable: Iterable | None = None, *, enabled: bool = True, **kwargs):
     return Lines(iterable, **kwargs)
 
 
-def counted(fn: Callable, progress_bar, postfix: Callable | None = None) -> Callable:
+def counted(fn: Callable, progress_bar: Any, postfix: Callable[[Any], str] | None = None
+            ) -> Callable:
     """``fn`` that advances ``progress_bar`` by one after each call, with ``postfix(result)`` as
     the bar's postfix (e.g. one line per evaluation of a search's training signal)."""
 

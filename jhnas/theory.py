@@ -161,19 +161,22 @@ from __future__ import annotations
 
 import functools
 import math
-from typing import Any, Callable, NamedTuple, Sequence
+from typing import Any, Callable, Mapping, NamedTuple, Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from jax import lax
 from jax.flatten_util import ravel_pytree
+from numpy.typing import ArrayLike
 
 from jhnas import hnas
 from jhnas import ntk as ntk_lib
-from jhnas.net import Net, from_apply
+from jhnas.net import Apply, Net, Params, from_apply
 
 Loss = Callable[[jax.Array, jax.Array], jax.Array]
+#: A batch ``(x, y)``: inputs (n, ...) and integer labels (n,), e.g. a :class:`jhnas.data.Batch`.
+XY = tuple[ArrayLike, ArrayLike]
 
 #: XLA options of the compiled functions (Jacobian, loss pass, Hessian, gradient descent): each
 #: is compiled once per network and run a few times, so a low backend optimisation level (about
@@ -213,7 +216,8 @@ class Bound(NamedTuple):
     note: str = ""
 
 
-def bound(name: str, lhs, rhs, relation: str = "<=", scale=0.0) -> Bound:
+def bound(name: str, lhs: ArrayLike, rhs: ArrayLike, relation: str = "<=",
+          scale: ArrayLike = 0.0) -> Bound:
     """A :class:`Bound` with its slacks computed (float64). ``scale`` floors the denominator of
     ``rel_slack``: identities pass the natural size of their terms, so that two rounding-level
     values (e.g. a gradient that vanishes) are not compared relative to each other."""
@@ -237,14 +241,14 @@ _NOT_CE = "the loss is not the cross-entropy"
 _SINGULAR = "singular NTK (lambda_min <= 0)"
 
 
-def bounds(check) -> list[Bound]:
+def bounds(check: Bound | tuple[Any, ...]) -> list[Bound]:
     """The :class:`Bound` fields of a checker's result, in order."""
     if isinstance(check, Bound):
         return [check]
     return [v for v in check if isinstance(v, Bound)]
 
 
-def holds(check, tol: float = 1e-9) -> bool:
+def holds(check: Bound | tuple[Any, ...], tol: float = 1e-9) -> bool:
     """True if every applicable bound of ``check`` (a :class:`Bound` or a checker's result) holds:
     ``rel_slack >= -tol`` for ``<=``, ``|rel_slack| <= tol`` for ``==`` (NaN rows are skipped)."""
     for b in bounds(check):
@@ -268,12 +272,13 @@ def worst(b: Bound) -> Bound:
     key = np.abs(rel) if b.relation == "==" else -rel
     key = np.where(np.isnan(key), -np.inf, key)
     i = int(np.argmax(key))
-    return Bound(b.name, b.relation, *(float(np.asarray(v)[i]) for v in b[2:6]), b.note)
+    lhs, rhs, slack, rel_slack = (float(np.asarray(v)[i]) for v in b[2:6])
+    return Bound(b.name, b.relation, lhs, rhs, slack, rel_slack, b.note)
 
 
 # ----------------------------------------------------------------------------- helpers
 
-def as_float64(tree):
+def as_float64(tree: Any) -> Any:
     """Every floating leaf of a pytree cast to float64 (call inside ``jax.enable_x64(True)``)."""
     def cast(a):
         a = jnp.asarray(a)
@@ -281,29 +286,29 @@ def as_float64(tree):
     return jax.tree.map(cast, tree)
 
 
-def _net(f) -> Net:
+def _net(f: Net | Apply) -> Net:
     return f if isinstance(f, Net) else from_apply(f)
 
 
-def _xy(batch):
+def _xy(batch: XY) -> tuple[jax.Array, jax.Array]:
     x, y = batch
     return jnp.asarray(x), jnp.asarray(y, jnp.int32)
 
 
-def _jit(net: Net, fn):
+def _jit(net: Net, fn: Callable) -> Callable:
     """jit with :data:`COMPILER_OPTIONS`, except for a net of compiled blocks (run eagerly)."""
     return fn if net.compiled else jax.jit(fn, compiler_options=COMPILER_OPTIONS)
 
 
-def _host(a) -> np.ndarray:
+def _host(a: Any) -> np.ndarray:
     return np.asarray(jax.device_get(a), np.float64)
 
 
-def _norm(leaves) -> float:
+def _norm(leaves: Any) -> float:
     return math.sqrt(sum(float(np.sum(_host(a) ** 2)) for a in jax.tree.leaves(leaves)))
 
 
-def _dot(a, b) -> float:
+def _dot(a: Any, b: Any) -> float:
     return sum(float(np.sum(_host(x) * _host(z))) for x, z in zip(jax.tree.leaves(a),
                                                                  jax.tree.leaves(b)))
 
@@ -333,7 +338,7 @@ class Spectrum(NamedTuple):
         return int(self.eigenvalues.shape[0])
 
 
-def spectrum(gram) -> Spectrum:
+def spectrum(gram: ArrayLike) -> Spectrum:
     """Eigen-decomposition of a symmetric Gram (symmetrised ``(G + G^T) / 2``) in float64."""
     g = np.asarray(gram, np.float64)
     if g.ndim != 2 or g.shape[0] != g.shape[1]:
@@ -422,7 +427,7 @@ def _memo(kind: str, key: tuple, compute):
     return out
 
 
-def jacobian(f: Net | Callable, params, batch, *, param_set: str = "layers"
+def jacobian(f: Net | Apply, params: Params, batch: XY, *, param_set: str = "layers"
              ) -> tuple[np.ndarray, np.ndarray]:
     """``(logits (n, K), J (nK, P))`` on the host in float64: the exact Jacobian of all logits
     of the batched function w.r.t. the ``param_set`` leaves (flattened in tree order)."""
@@ -441,14 +446,16 @@ def jacobian(f: Net | Callable, params, batch, *, param_set: str = "layers"
     return _memo("jacobian " + param_set, key, select)
 
 
-def _selected(params, param_set: str):
+def _selected(params: Params, param_set: str) -> tuple[list[Any], list[bool]]:
     """(selected leaves, keep flags over all leaves)."""
     leaves, treedef = jax.tree.flatten(params)
     keep = treedef.flatten_up_to(ntk_lib.param_mask(params, param_set))
     return [a for a, k in zip(leaves, keep) if k], keep
 
 
-def _outputs(f, params, batch, output: str, param_set: str, targets=None):
+def _outputs(f: Net | Apply, params: Params, batch: XY, output: str, param_set: str,
+             targets: ArrayLike | None = None
+             ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """``(F (m,), J_out (m, P), Theta (m, m), Y (m,))`` of the NTK outputs ``output``, float64;
     ``Y`` is ``targets`` or the one-hot labels seen through the outputs."""
     if output not in ntk_lib.OUTPUTS:
@@ -469,7 +476,7 @@ def _outputs(f, params, batch, output: str, param_set: str, targets=None):
     return rows(logits.reshape(-1)), j, gram, targets
 
 
-def ntk_matrix(f: Net | Callable, params, batch, *, output: str = "all",
+def ntk_matrix(f: Net | Apply, params: Params, batch: XY, *, output: str = "all",
                param_set: str = "layers") -> np.ndarray:
     """The exact empirical NTK :math:`C J J^\\top C^\\top` (float64 numpy) of ``output`` over
     ``param_set``, from the Jacobian of the batched function (``jax.jacrev``)."""
@@ -494,7 +501,8 @@ class GradNormCheck(NamedTuple):
     official_ntk: Bound  # sum_l ||g_l|| <= sqrt(L lam_max) ||u|| / n
 
 
-def _loss_pass(f, params, batch, param_set, loss, hvp: bool = False):
+def _loss_pass(f: Net | Apply, params: Params, batch: XY, param_set: str, loss: Loss | None,
+               hvp: bool = False) -> tuple[dict[str, Any], int, Spectrum]:
     """The loss quantities (autodiff) and the Jacobian-based ones: Theta, J theta, J g. A pass
     with ``hvp`` (GraSP) also serves the checkers that do not need H g."""
     net, x, y = _net(f), batch[0], batch[1]
@@ -514,7 +522,7 @@ def _loss_pass(f, params, batch, param_set, loss, hvp: bool = False):
     return r, int(np.shape(x)[0]), spectrum(r["gram"])
 
 
-def check_grad_norm(f: Net | Callable, params, batch, *, loss: Loss | None = None,
+def check_grad_norm(f: Net | Apply, params: Params, batch: XY, *, loss: Loss | None = None,
                     param_set: str = "kernels") -> GradNormCheck:
     """Statement (i) for GradNorm (module doc). ``loss(logits, y) -> scalar`` defaults to mean
     cross-entropy; the cross-entropy rows are skipped (NaN) for another loss."""
@@ -556,7 +564,7 @@ class SnipCheck(NamedTuple):
     cross_entropy: Bound  # CE: SNIP <= sqrt(2) ||theta|| M_s
 
 
-def check_snip(f: Net | Callable, params, batch, *, loss: Loss | None = None,
+def check_snip(f: Net | Apply, params: Params, batch: XY, *, loss: Loss | None = None,
                param_set: str = "kernels") -> SnipCheck:
     """Statement (i) for SNIP (module doc)."""
     r, n, sp = _loss_pass(f, params, batch, param_set, loss)
@@ -587,7 +595,7 @@ class GraspCheck(NamedTuple):
     cross_entropy: Bound  # CE: |GraSP_GN| <= lam_max^1.5 ||theta|| / (sqrt(2) n^1.5)
 
 
-def check_grasp(f: Net | Callable, params, batch, *, loss: Loss | None = None,
+def check_grasp(f: Net | Apply, params: Params, batch: XY, *, loss: Loss | None = None,
                 param_set: str = "kernels", hessian_max: int = 1500) -> GraspCheck:
     """Statement (i) for GraSP (module doc). The dense Hessian :math:`\\|H\\|_2` (P Hessian-vector
     products, P x P memory) is computed only for P <= ``hessian_max`` parameters; otherwise its
@@ -625,7 +633,8 @@ def check_grasp(f: Net | Callable, params, batch, *, loss: Loss | None = None,
 
 # ----------------------------------------------------------------------------- (ii) training
 
-def linearized_residuals(gram, r0, eta: float, n: int, steps: int) -> np.ndarray:
+def linearized_residuals(gram: ArrayLike, r0: ArrayLike, eta: float, n: int, steps: int
+                         ) -> np.ndarray:
     """:math:`r_t = (I - \\eta\\Theta/n)^t r_0` for t = 0..steps, (steps + 1, m) float64, by the
     eigen-decomposition of the Gram."""
     sp = spectrum(gram)
@@ -674,9 +683,9 @@ def _gd_fn(net: Net, param_set: str, output: str, steps: int, linearized: bool):
     return _jit(net, run)
 
 
-def gd_trajectory(f: Net | Callable, params, batch, *, eta: float, steps: int,
-                  output: str = "all", param_set: str = "layers", targets=None,
-                  linearized: bool = False) -> Trajectory:
+def gd_trajectory(f: Net | Apply, params: Params, batch: XY, *, eta: float, steps: int,
+                  output: str = "all", param_set: str = "layers",
+                  targets: ArrayLike | None = None, linearized: bool = False) -> Trajectory:
     """``steps`` of full-batch gradient descent with step ``eta`` on :math:`\\|F - Y\\|^2 / (2n)`
     over ``param_set`` (the rest fixed), for the network itself or (``linearized``) its
     linearisation at ``params`` (``jax.linearize``: no Jacobian is formed)."""
@@ -702,9 +711,10 @@ class LinearTrainingCheck(NamedTuple):
     upper_exp: Bound  # L_t <= exp(-2 t eta M^2 / (n kappa)) L_0 (eta <= n / lam_max)
 
 
-def check_linear_training(f: Net | Callable, params, batch, *, eta: float | None = None,
+def check_linear_training(f: Net | Apply, params: Params, batch: XY, *, eta: float | None = None,
                           steps: int = 20, output: str = "all", param_set: str = "layers",
-                          targets=None, simulate: str | None = "jacobian") -> LinearTrainingCheck:
+                          targets: ArrayLike | None = None,
+                          simulate: str | None = "jacobian") -> LinearTrainingCheck:
     """Statement (ii) (module doc). ``eta`` defaults to :math:`n / (2\\lambda_{\\max})`; the
     M rows need :math:`\\eta \\le n/\\lambda_{\\max}` and are skipped otherwise.
 
@@ -776,8 +786,9 @@ def _quadratic(sp: Spectrum, r: np.ndarray) -> float:
     return float(np.sum(c ** 2 / sp.eigenvalues))
 
 
-def check_generalization(f: Net | Callable, params, batch, *, output: str = "label",
-                         param_set: str = "layers", targets=None) -> GeneralizationCheck:
+def check_generalization(f: Net | Apply, params: Params, batch: XY, *, output: str = "label",
+                         param_set: str = "layers", targets: ArrayLike | None = None
+                         ) -> GeneralizationCheck:
     """Statement (iii) (module doc) with :math:`r = F(\\theta_0) - Y`. Needs :math:`\\Theta \\succ
     0`: with a singular NTK (``lam_min <= 0``) the term and the distance are +inf and every row is
     skipped."""
@@ -821,7 +832,7 @@ class ObjectiveTerms(NamedTuple):
     objective: float
 
 
-def objective_terms(gram, t: float, c: float, s: float = 5e3,
+def objective_terms(gram: ArrayLike, t: float, c: float, s: float = 5e3,
                     nu_scale: str = "linear") -> ObjectiveTerms:
     """:class:`ObjectiveTerms` of a Gram (the label NTK for HNAS's M and kappa);
     :math:`\\sqrt\\nu = t s` (``"linear"``) or :math:`s^t` (``"log"``), see :mod:`jhnas.hnas`."""
@@ -846,9 +857,10 @@ class ObjectiveCheck(NamedTuple):
     rate_M: Bound  # 1 - eta lam_min / n <= 1 - eta M^2 / (n kappa), eta = n / lam_max
 
 
-def check_objective(f: Net | Callable, params, batch, *, t: float = 0.5, c: float = -2.0,
+def check_objective(f: Net | Apply, params: Params, batch: XY, *, t: float = 0.5, c: float = -2.0,
                     s: float = 5e3, nu_scale: str = "linear", output: str = "label",
-                    param_set: str = "layers", targets=None) -> ObjectiveCheck:
+                    param_set: str = "layers", targets: ArrayLike | None = None
+                    ) -> ObjectiveCheck:
     """Statement (iv) (module doc): the objective's terms for this network and the inequalities
     of (ii) and (iii) that motivate them, on the NTK of ``output`` (HNAS: ``"label"``)."""
     f0, _, gram, targets = _outputs(f, params, batch, output, param_set, targets)
@@ -874,7 +886,7 @@ def check_objective(f: Net | Callable, params, batch, *, t: float = 0.5, c: floa
 
 # ----------------------------------------------------------------------------- all at once
 
-def check_all(f: Net | Callable, params, batch, *, loss: Loss | None = None,
+def check_all(f: Net | Apply, params: Params, batch: XY, *, loss: Loss | None = None,
               hessian_max: int = 1500, steps: int = 20, t: float = 0.5, c: float = -2.0,
               s: float = 5e3) -> dict[str, NamedTuple]:
     """Every checker with its defaults: ``{"grad_norm", "snip", "grasp", "linear_training",
@@ -888,7 +900,7 @@ def check_all(f: Net | Callable, params, batch, *, loss: Loss | None = None,
             "objective": check_objective(f, params, batch, t=t, c=c, s=s)}
 
 
-def table(checks: dict[str, NamedTuple], tol: float = 1e-9) -> list[dict]:
+def table(checks: Mapping[str, tuple[Any, ...]], tol: float = 1e-9) -> list[dict[str, Any]]:
     """Rows ``{statement, name, relation, lhs, rhs, slack, rel_slack, status}`` of
     :func:`check_all`'s result (array bounds at their worst step); status is ``ok``,
     ``VIOLATED`` or ``skipped: <why>``."""
@@ -906,7 +918,7 @@ def table(checks: dict[str, NamedTuple], tol: float = 1e-9) -> list[dict]:
     return rows
 
 
-def format_table(rows: Sequence[dict]) -> str:
+def format_table(rows: Sequence[Mapping[str, Any]]) -> str:
     """:func:`table` rows as fixed-width text."""
     head = (f"{'statement':16s} {'bound':22s} {'rel':3s} {'lhs':>12s} {'rhs':>12s} "
             f"{'slack':>12s} {'rel slack':>10s}  status")

@@ -28,6 +28,11 @@ def _finite(*arrays: np.ndarray) -> tuple[np.ndarray, ...]:
     return tuple(a[ok] for a in arrays)
 
 
+def _stat(result) -> float:
+    """The statistic of a scipy test result (its stubs do not declare the attribute)."""
+    return float(result.statistic)
+
+
 def hit_rate(score: np.ndarray, acc: np.ndarray, q: float) -> float:
     """Share of the true top ``q`` fraction (by ``acc``) that is also in the top ``q`` by
     ``score`` (larger is better for both); ``k = max(1, round(q n))``."""
@@ -43,8 +48,8 @@ def agreement(score: np.ndarray, acc: np.ndarray, *, smaller_is_better: bool = F
     """Spearman rho and Kendall tau of ``score`` (as is: a good ``ntk_cond`` gives a negative rho)
     and the top-q hit rates (``score`` negated first where ``smaller_is_better``), plus ``n``."""
     score, acc = _finite(score, acc)
-    out = {"spearman": float(stats.spearmanr(score, acc)[0]),
-           "kendall": float(stats.kendalltau(score, acc)[0]), "n": int(len(acc))}
+    out = {"spearman": _stat(stats.spearmanr(score, acc)),
+           "kendall": _stat(stats.kendalltau(score, acc)), "n": int(len(acc))}
     signed = -score if smaller_is_better else score
     for q in quantiles:
         out[f"top{q * 100:g}%"] = hit_rate(signed, acc, q)
@@ -60,8 +65,11 @@ def agreement_table(values: Mapping[str, np.ndarray], targets: Mapping[str, np.n
 
 def rank_matrix(values: Mapping[str, np.ndarray]) -> dict[str, dict[str, float]]:
     """Pairwise Spearman rho between metrics (pairwise-complete)."""
-    return {a: {b: float(stats.spearmanr(*_finite(va, vb))[0]) for b, vb in values.items()}
-            for a, va in values.items()}
+    def rho(a, b):
+        a, b = _finite(a, b)
+        return _stat(stats.spearmanr(a, b))
+
+    return {a: {b: rho(va, vb) for b, vb in values.items()} for a, va in values.items()}
 
 
 def nb201_targets(bench) -> dict[str, np.ndarray]:

@@ -133,7 +133,7 @@ def darts_problem(key: jax.Array, pool: int, preset: Preset, train_data: Arrays,
     for i, g in enumerate(bar(genotypes, enabled=progress, desc="scoring pool", unit="arch")):
         net = from_flax(darts.NetworkCIFAR(g, C=preset.C, layers=preset.layers,
                                            num_classes=num_classes))
-        params = net.init(jax.random.fold_in(jax.random.fold_in(key, pool), i), batch.x[:1])
+        params = net.init(jax.random.fold_in(jax.random.fold_in(key, pool), i), jnp.asarray(batch.x[:1]))
         v = metrics.metrics_fn(net, ["ntk_trace", "ntk_cond"])(params, batch)
         m[i], k[i] = v["ntk_trace"], v["ntk_cond"]
 

@@ -19,12 +19,13 @@ from pathlib import Path
 from typing import Iterable, Sequence
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 from jax.experimental.compilation_cache import compilation_cache as cc
 
 from jhnas.data import Batch, check_labels
 from jhnas.metrics import METRICS, metrics_fn
-from jhnas.parallel import map_devices
+from jhnas.parallel import Device, map_devices
 from jhnas.progress import bar
 from jhnas.experiments.results import ResultsCSV, versions
 from jhnas.spaces import nb201
@@ -104,7 +105,7 @@ def score_arch(arch: str, names: Sequence[str], batch: Batch, *, seed: int = 0, 
     net = nb201.make_net(arch, bn="train", compile=compile, num_classes=num_classes, C=channels,
                          N=cells, preset=preset)
     key = arch_key(seed, arch)
-    params = net.init(key, np.asarray(batch.x[:1]))
+    params = net.init(key, jnp.asarray(batch.x[:1]))
     return metrics_fn(net, names)(params, batch, key)
 
 
@@ -138,7 +139,7 @@ def score_archs(archs: Iterable[str], names: Sequence[str], batch: Batch, out: s
 
 
 def score_pool(archs: Sequence[str], names: Sequence[str], batch: Batch, *,
-               devices: Sequence[jax.Device] | None = None, **score_kw) -> list[dict[str, float]]:
+               devices: Sequence[Device] | None = None, **score_kw) -> list[dict[str, float]]:
     """``names`` for every NB201 architecture of ``archs``, spread over ``devices``
     (:func:`jhnas.parallel.map_devices` of :func:`score_arch`; ``score_kw``: seed, cells, channels,
     preset, compile, ...). Each device compiles its own programs (once per block configuration

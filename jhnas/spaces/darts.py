@@ -22,7 +22,7 @@ random sampler it can draw ``dil_conv_5x5``.
 from __future__ import annotations
 
 import ast
-from typing import NamedTuple, Sequence
+from typing import Any, NamedTuple, Sequence
 
 import flax.linen as nn
 import jax
@@ -76,7 +76,8 @@ def parse(text: str) -> Genotype:
         tree = ast.parse(text.strip(), mode="eval").body
         if not (isinstance(tree, ast.Call) and getattr(tree.func, "id", "") == "Genotype"):
             raise ValueError
-        kw = {k.arg: ast.literal_eval(k.value) for k in tree.keywords}
+        # a None key (``**d`` in the text) makes Genotype(**...) raise TypeError, caught below
+        kw: dict[Any, Any] = {k.arg: ast.literal_eval(k.value) for k in tree.keywords}
         g = Genotype(**{k: tuple(v) for k, v in kw.items()})
     except (SyntaxError, ValueError, TypeError) as e:
         raise GenotypeError(f"not a DARTS genotype: {text[:80]!r} ({e or 'expected Genotype(...)'})"
@@ -105,7 +106,7 @@ def sample(key: jax.Array, ops: Sequence[str] = PRIMITIVES[1:]) -> Genotype:
 
 # ----------------------------------------------------------------------------- operations
 
-def _bn(name=None) -> nn.BatchNorm:
+def _bn(name: str | None = None) -> nn.BatchNorm:
     return nn.BatchNorm(use_running_average=False, momentum=0.9, epsilon=1e-5, name=name)
 
 
@@ -116,7 +117,7 @@ class ReLUConvBN(nn.Module):
     stride: int = 1
 
     @nn.compact
-    def __call__(self, x):
+    def __call__(self, x: jax.Array) -> jax.Array:
         x = jnn.Conv(self.c_in, self.c_out, self.kernel, strides=self.stride,
                      padding=(self.kernel - 1) // 2, name="conv")(jnn.relu(self, x))
         return _bn("bn")(x)
@@ -128,7 +129,7 @@ class FactorizedReduce(nn.Module):
     c_out: int
 
     @nn.compact
-    def __call__(self, x):
+    def __call__(self, x: jax.Array) -> jax.Array:
         x = jnn.relu(self, x)
         a = jnn.Conv(self.c_in, self.c_out // 2, 1, strides=2, name="conv_1")(x)
         b = jnn.Conv(self.c_in, self.c_out - self.c_out // 2, 1, strides=2,
@@ -145,7 +146,7 @@ class DilConv(nn.Module):
     dilation: int
 
     @nn.compact
-    def __call__(self, x):
+    def __call__(self, x: jax.Array) -> jax.Array:
         pad = self.dilation * (self.kernel - 1) // 2
         x = jnn.Conv(self.c_in, self.c_in, self.kernel, strides=self.stride, padding=pad,
                      groups=self.c_in, dilation=self.dilation, name="depthwise")(jnn.relu(self, x))
@@ -160,18 +161,21 @@ class SepConv(nn.Module):
     stride: int
 
     @nn.compact
-    def __call__(self, x):
+    def __call__(self, x: jax.Array) -> jax.Array:
         x = DilConv(self.c_in, self.c_in, self.kernel, self.stride, 1, name="op1")(x)
         return DilConv(self.c_in, self.c_out, self.kernel, 1, 1, name="op2")(x)
 
 
-def _pool(x, kind: str, stride: int):
+def _pool(x: jax.Array, kind: str, stride: int) -> jax.Array:
     if kind == "max":
-        return nn.max_pool(x, (3, 3), (stride, stride), ((1, 1), (1, 1)))
+        # flax leaves max_pool's padding unannotated (typed str from its default); it takes pairs
+        return nn.max_pool(x, (3, 3), (stride, stride),
+                           ((1, 1), (1, 1)))  # pyright: ignore[reportArgumentType]
     return jnn.avg_pool_3x3(x, stride)
 
 
-def apply_op(module: nn.Module, op: str, x, c: int, stride: int, name: str):
+def apply_op(module: nn.Module, op: str, x: jax.Array, c: int, stride: int, name: str
+             ) -> jax.Array:
     """``op`` on ``x`` (c channels in and out), created as a submodule ``name`` of ``module``."""
     if op == "none":
         return x[:, ::stride, ::stride] * 0.0
@@ -195,7 +199,7 @@ class Cell(nn.Module):
     drop_path_prob: float = 0.0
 
     @nn.compact
-    def __call__(self, s0, s1):
+    def __call__(self, s0: jax.Array, s1: jax.Array) -> jax.Array:
         pairs = self.genotype.reduce if self.reduction else self.genotype.normal
         concat = self.genotype.reduce_concat if self.reduction else self.genotype.normal_concat
         s0 = (FactorizedReduce(self.c_prev_prev, self.c, name="pre0")(s0) if self.reduction_prev
@@ -203,7 +207,7 @@ class Cell(nn.Module):
         s1 = ReLUConvBN(self.c_prev, self.c, name="pre1")(s1)
         states = [s0, s1]
         for n in range(NODES):
-            total = 0.0
+            total: Any = 0.0  # an array from the first op on
             for s in range(2):
                 op, j = pairs[2 * n + s]
                 stride = 2 if self.reduction and j < 2 else 1
@@ -232,7 +236,7 @@ class NetworkCIFAR(nn.Module):
     stem_multiplier: int = 3
 
     @nn.compact
-    def __call__(self, x):
+    def __call__(self, x: jax.Array) -> jax.Array:
         g = validate(self.genotype)
         c_curr = self.stem_multiplier * self.C
         s = _bn("stem_bn")(jnn.Conv(x.shape[-1], c_curr, 3, padding=1, name="stem_conv")(x))
