@@ -70,7 +70,14 @@ _A = TypeVar("_A", np.ndarray, "jax.Array")
 
 
 def to_nchw(x: _A) -> _A:
-    """(N, H, W, C) -> (N, C, H, W); works on numpy and JAX arrays."""
+    """(N, H, W, C) -> (N, C, H, W); works on numpy and JAX arrays. ``ValueError`` for another
+    rank.
+
+    Examples:
+      >>> import numpy as np
+      >>> to_nchw(np.zeros((2, 32, 32, 3))).shape, to_nhwc(np.zeros((2, 3, 32, 32))).shape
+      ((2, 3, 32, 32), (2, 32, 32, 3))
+    """
     if x.ndim != 4:
         raise ValueError(f"expected a rank-4 NHWC array, got shape {x.shape}")
     return x.transpose(0, 3, 1, 2)
@@ -85,7 +92,16 @@ def to_nhwc(x: _A) -> _A:
 
 def normalize(images: np.ndarray, mean: Sequence[float] = CIFAR10_MEAN,
               std: Sequence[float] = CIFAR10_STD) -> np.ndarray:
-    """uint8 (..., H, W, C) images -> float32 ``(images / 255 - mean) / std`` per channel."""
+    """uint8 (..., H, W, C) images -> float32 ``(images / 255 - mean) / std`` per channel.
+
+    Raises ``ValueError`` unless the last axis has one entry per value of ``mean`` and ``std``.
+
+    Examples:
+      >>> import numpy as np
+      >>> normalize(np.full((1, 2, 2, 3), 255, np.uint8), mean=(0.5, 0.5, 0.5),
+      ...           std=(0.5, 0.5, 0.5))[0, 0, 0]
+      array([1., 1., 1.], dtype=float32)
+    """
     images = np.asarray(images)
     m, s = np.asarray(mean, np.float32), np.asarray(std, np.float32)
     if images.shape[-1:] != m.shape or m.shape != s.shape:
@@ -306,7 +322,12 @@ def default_batch(batch_size: int = 64, *, key: Any = None) -> Batch:
 
     With ``key=None`` (the documented default) the first ``batch_size`` images, deterministic;
     otherwise ``batch_size`` images drawn without replacement with the typed PRNG ``key``
-    (``jax.random.key(seed)``).
+    (``jax.random.key(seed)``). Raises ``ValueError`` unless ``1 <= batch_size <= 1017``.
+
+    Examples:
+      >>> batch = default_batch(64)
+      >>> batch.x.shape, batch.x.dtype, batch.y.shape, batch.y.dtype
+      ((64, 32, 32, 3), dtype('float32'), (64,), dtype('int32'))
     """
     images, labels = default_images()
     if not isinstance(batch_size, (int, np.integer)) or not 1 <= batch_size <= len(images):
@@ -356,7 +377,15 @@ def _check(where: str, x: np.ndarray, y: np.ndarray) -> None:
 
 def check_labels(y: Any, num_classes: int, where: str = "labels") -> None:
     """``ValueError`` naming ``where`` unless every label is an integer in ``[0, num_classes)``:
-    a label out of range would silently select nothing (a zero one-hot row)."""
+    a label out of range would silently select nothing (a zero one-hot row).
+
+    Examples:
+      >>> check_labels([0, 2, 1], 3)
+      >>> check_labels([0, 3], 3, "batch.y")
+      Traceback (most recent call last):
+      ...
+      ValueError: batch.y: 1 label(s) outside 0..2 (e.g. 3) for a network with 3 outputs
+    """
     y = np.asarray(y)
     if not np.issubdtype(y.dtype, np.integer):
         raise ValueError(f"{where}: labels must be integers, got {y.dtype}")
@@ -388,7 +417,20 @@ def save_batch(path: str | os.PathLike, batch: Batch) -> None:
 
 def load_batch(path: str | os.PathLike) -> Batch:
     """Reads a batch file (``x`` float [N, 3, H, W] normalised, ``y`` int [N]) into a
-    :class:`Batch` with x float32 (N, H, W, 3) and y int32 (N,)."""
+    :class:`Batch` with x float32 (N, H, W, 3) and y int32 (N,).
+
+    Raises ``FileNotFoundError`` for a missing file and ``ValueError`` naming the problem for a
+    file that is not a complete ``.npz`` (a ``.npy``, truncated, other arrays) or whose arrays
+    have the wrong shapes or types, non-finite values or negative labels.
+
+    Examples:
+      >>> import os, tempfile
+      >>> with tempfile.TemporaryDirectory() as folder:
+      ...     save_batch(os.path.join(folder, "batch.npz"), default_batch(8))
+      ...     batch = load_batch(os.path.join(folder, "batch.npz"))
+      >>> batch.x.shape, bool((batch.x == default_batch(8).x).all())
+      ((8, 32, 32, 3), True)
+    """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"batch file {path} does not exist")

@@ -53,14 +53,12 @@ caller's setting, and return float64 arrays (arithmetic on them outside that con
 float32 with a warning; convert with ``np.asarray`` or work inside ``jax.enable_x64(True)``).
 Randomness comes only from the ``key`` arguments. The numerics are jitted, and :func:`fit` and
 :func:`maximize_acquisition` pad the data to 8, 16, 32, ... points: each compiles once per padded
-size, dimension, kernel and static option (:func:`fit` takes roughly 5-20 s to compile on a small
-CPU and well under a second to run), so a Bayesian-optimisation loop that adds one observation at
-a time recompiles only at powers of two.
+size, dimension, kernel and static option, so a Bayesian-optimisation loop that adds one
+observation at a time recompiles only at powers of two.
 
 Example::
 
   >>> import jax, jax.numpy as jnp
-  >>> from functools import partial
   >>> from jhnas import gp
   >>> bounds = jnp.array([[0.0, 10.0], [-1.0, 1.0]])
   >>> x = jax.random.uniform(jax.random.key(0), (12, 2), minval=bounds[:, 0], maxval=bounds[:, 1])
@@ -69,10 +67,10 @@ Example::
   >>> mean, var = gp.predict(state, jnp.array([[5.0, 0.0], [9.0, 0.5]]))
   >>> mean.shape, var.shape, mean.dtype
   ((2,), (2,), dtype('float64'))
-  >>> ucb = partial(gp.upper_confidence_bound, beta=2.576)
-  >>> x_next = gp.maximize_acquisition(jax.random.key(2), state, ucb)
-  >>> x_next.shape, x_next.dtype
-  ((2,), dtype('float64'))
+
+The next point of a Bayesian optimisation is then
+``gp.maximize_acquisition(key, state, functools.partial(gp.upper_confidence_bound, beta=2.576))``,
+a float64 (d,) array inside the box.
 """
 from __future__ import annotations
 
@@ -199,7 +197,16 @@ def _gram(params, x1, x2, kernel_id):
 def kernel_matrix(params: GPParams, x1: ArrayLike, x2: ArrayLike, kernel: str = "matern52"
                   ) -> jax.Array:
     r"""Gram matrix :math:`k(x_1^{(i)}, x_2^{(j)})`, (n1, d) x (n2, d) -> (n1, n2), inputs as
-    given (the model uses unit-box inputs). Differentiable everywhere, including at r = 0."""
+    given (the model uses unit-box inputs). Differentiable everywhere, including at r = 0.
+    Float64; raises ``ValueError`` for inputs of other shapes or an unknown ``kernel``.
+
+    Examples:
+      >>> params = GPParams.create(amplitude=2.0, lengthscale=0.5, dim=1)
+      >>> k = kernel_matrix(params, [[0.0], [1.0]], [[0.0], [1.0]], kernel="rbf")
+      >>> k.dtype, np.asarray(k).round(6)   # 2 exp(-r^2 / 2), r = 1 / 0.5 off the diagonal
+      (dtype('float64'), array([[2.      , 0.270671],
+             [0.270671, 2.      ]]))
+    """
     kernel_id = _kernel_id(kernel)
     with jax.enable_x64(True):
         x1, x2 = jnp.asarray(x1, jnp.float64), jnp.asarray(x2, jnp.float64)
@@ -394,7 +401,17 @@ def condition(params: GPParams, x: ArrayLike, y: ArrayLike, bounds: ArrayLike, *
     """The GP posterior for GIVEN hyper-parameters (lengthscales on the unit box).
 
     x: (n, d) inputs in the original box, y: (n,) targets, bounds: (d, 2) lower/upper,
-    alpha: () or (n,) observation noise on the standardised targets.
+    alpha: () or (n,) observation noise on the standardised targets. Returns a float64
+    :class:`GPState`; raises ``ValueError`` for inputs of other shapes, non-finite values or
+    bounds with lower >= upper.
+
+    Examples:
+      >>> import numpy as np
+      >>> x = np.array([[0.0], [0.5], [1.0]])
+      >>> state = condition(GPParams.create(1.0, 0.3, dim=1), x, [1.0, 3.0, 2.0], [[0.0, 1.0]])
+      >>> mean, var = predict(state, x)        # interpolates its data (alpha = 1e-6)
+      >>> np.asarray(mean).round(4), bool((np.asarray(var) < 1e-4).all())
+      (array([1., 3., 2.]), True)
     """
     kernel_id = _kernel_id(kernel)
     with jax.enable_x64(True):
@@ -547,7 +564,19 @@ def _predict(state, xq, kernel_id):
 
 def predict(state: GPState, xq: ArrayLike) -> tuple[jax.Array, jax.Array]:
     """Posterior mean (m,) and variance (m,) of the latent function at xq (m, d), original units
-    (for inputs and targets). The variance excludes the observation noise."""
+    (for inputs and targets). The variance excludes the observation noise. Float64; raises
+    ``ValueError`` if ``xq`` is not (m, d) with the state's d.
+
+    Examples:
+      >>> import numpy as np
+      >>> x = np.array([[0.0], [0.5], [1.0]])
+      >>> state = condition(GPParams.create(1.0, 0.3, dim=1), x, [0.0, 3.0, 0.0], [[0.0, 1.0]])
+      >>> mean, var = predict(state, np.array([[0.0], [0.25], [50.0]]))
+      >>> np.asarray(mean).round(4)   # at a data point, between two, far away (the mean of y)
+      array([0.    , 1.6029, 1.    ])
+      >>> np.asarray(var).round(4)    # far away: the prior variance, the variance of y
+      array([0.    , 0.7222, 2.    ])
+    """
     kernel_id = _kernel_id(state.kernel)
     with jax.enable_x64(True):
         xq = jnp.asarray(xq, jnp.float64)
@@ -578,6 +607,11 @@ def expected_improvement(mean: ArrayLike, std: ArrayLike, best: ArrayLike, xi: A
     .. math:: \sigma\,(z\,\Phi(z) + \varphi(z)), \qquad z = (\mu - \text{best} - \xi)/\sigma,
 
     and :math:`\max(\mu - \text{best} - \xi, 0)` where std = 0. Broadcasts; float64.
+
+    Examples:
+      >>> import numpy as np
+      >>> np.asarray(expected_improvement([0.0, 1.0, 1.0], [1.0, 1.0, 0.0], best=0.0)).round(6)
+      array([0.398942, 1.083315, 1.      ])
     """
     with jax.enable_x64(True):
         return _expected_improvement(*_float64(mean, std, best, xi))
@@ -637,6 +671,10 @@ def upper_confidence_bound(mean: ArrayLike, std: ArrayLike, beta: ArrayLike, *,
     (``kappa=2.576`` in the official HNAS code); GP-UCB papers often write
     :math:`\mu + \sqrt{\beta}\sigma` instead. ``best`` is ignored: it is accepted so that
     ``functools.partial(upper_confidence_bound, beta=...)`` fits :func:`maximize_acquisition`.
+
+    Examples:
+      >>> upper_confidence_bound([0.0, 1.0], [1.0, 0.5], beta=2.0)
+      Array([2., 2.], dtype=float64)
     """
     del best
     with jax.enable_x64(True):

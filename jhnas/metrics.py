@@ -2,16 +2,15 @@ r"""Training-free metrics with the official (zero-cost / HNAS) definitions.
 
 Every metric is a function ``metric(net, params, batch, key) -> float`` of a :class:`jhnas.net.Net`,
 its ``params``, a :class:`jhnas.data.Batch` ``(x NHWC, y)`` and a typed PRNG key, looked up by name
-in :data:`METRICS`. To compute several at once, sharing passes, use :func:`metrics_fn`:
-
-  >>> fn = metrics_fn(net, ["ntk_trace", "ntk_cond", "snip"])   # doctest: +SKIP
-  >>> fn(params, batch, key)                                    # doctest: +SKIP
-  {'ntk_trace': 12.3, 'ntk_cond': 45.6, 'snip': 7.8}
+in :data:`METRICS`. To compute several at once, sharing passes, use :func:`metrics_fn`.
 
 Protocol (the official zero-cost / HNAS code): BatchNorm as the net was built
 (``from_flax(..., bn="train")``: batch statistics), loss L = mean cross-entropy with the true
-labels, only Conv/Dense layers count, per-layer arrays summed to one scalar. With W the kernels of the Conv/Dense layers:
+labels, only Conv/Dense layers count, per-layer arrays summed to one scalar. With W the kernels
+of the Conv/Dense layers:
 
+=========== ===============================================================================
+metric      definition
 =========== ===============================================================================
 grad_norm   sum over layers of ||dL/dW_l||_F
 snip        sum |W * dL/dW|
@@ -288,8 +287,41 @@ def metrics_fn(f: Net | Apply, names: Sequence[str], *,
 
     The device work is one jit-compiled function (plus a float64 one for synflow), compiled on
     the first call (for a net of compiled blocks, :func:`jhnas.net.from_blocks`, the blocks are
-    compiled and the glue runs eagerly); spectra, log-determinants and correlations are finished on the host in
-    float64.
+    compiled and the glue runs eagerly); spectra, log-determinants and correlations are finished
+    on the host in float64.
+
+    Args:
+      f: a :class:`jhnas.net.Net` or a plain ``apply(params, x) -> logits`` (N, K); fisher,
+        naswot, ntk_trace and ntk_cond need a tappable net (:func:`jhnas.net.from_flax`).
+      names: metric names, keys of :data:`METRICS` (duplicates are dropped).
+      zico_splits: parts of the batch zico compares (at least 2).
+
+    Returns:
+      ``fn(params, batch, key=None) -> {name: float}`` in the order of ``names``; ``batch`` a
+      :class:`jhnas.data.Batch` (x NHWC float32 (N, H, W, C), y int labels (N,)); ``key`` is
+      unused by the built-in metrics. A non-finite NTK Gram gives NaN with a ``RuntimeWarning``.
+
+    Raises:
+      ValueError: an unknown metric name, a metric that needs taps on a net without them,
+        ``zico_splits < 2``; from ``fn``: labels out of ``0..K-1``, or a batch smaller than
+        ``zico_splits`` for zico.
+
+    Examples:
+      >>> import flax.linen as nn, jax, jax.numpy as jnp
+      >>> from jhnas.data import Batch
+      >>> from jhnas.net import from_flax
+      >>> net = from_flax(nn.Sequential([nn.Conv(4, (3, 3)), nn.relu,
+      ...                                lambda h: h.mean((1, 2)), nn.Dense(3)]))
+      >>> batch = Batch(jax.random.normal(jax.random.key(0), (6, 4, 4, 3)),
+      ...               jnp.array([0, 1, 2, 0, 1, 2]))
+      >>> params = net.init(jax.random.key(1), batch.x[:1])
+      >>> scores = metrics_fn(net, ["ntk_trace", "ntk_cond", "snip"])(params, batch)
+      >>> list(scores), all(v > 0 for v in scores.values())
+      (['ntk_trace', 'ntk_cond', 'snip'], True)
+      >>> metrics_fn(net, ["flops"])  # doctest: +ELLIPSIS
+      Traceback (most recent call last):
+      ...
+      ValueError: unknown metric(s) flops; known: grad_norm, snip, grasp, ...
     """
     net = f if isinstance(f, Net) else from_apply(f)
     names = list(dict.fromkeys(names))

@@ -174,7 +174,18 @@ def vjp(net: Net, params: Params, x: jax.Array, dy: Mapping[Path, jax.Array] | N
     for the names in ``wrt`` among ``"params"``, ``"x"``, ``"dy"``.
 
     Uses ``net.vjp`` where the net has one (:func:`from_blocks`), else ``jax.vjp`` (inside a
-    ``jit``, XLA drops the cotangents that are not asked for).
+    ``jit``, XLA drops the cotangents that are not asked for). Raises ``ValueError`` for ``dy``
+    on a net without taps, and (from ``pullback``) for a name in ``wrt`` that the pass does not
+    have.
+
+    Examples:
+      >>> import flax.linen as nn, jax, jax.numpy as jnp
+      >>> net = from_flax(nn.Dense(3))
+      >>> params = net.init(jax.random.key(0), jnp.ones((2, 4)))
+      >>> logits, pullback, _ = vjp(net, params, jnp.ones((2, 4)))
+      >>> grads = pullback(jnp.ones_like(logits), wrt=("params", "x"))
+      >>> grads["params"]["kernel"].shape, grads["x"].shape
+      ((4, 3), (2, 4))
     """
     if net.vjp is not None:
         return net.vjp(params, x, dy)
@@ -199,6 +210,18 @@ def from_apply(apply: Apply, *,
 
     ``batch_coupled=False`` declares that each sample's logits depend on that sample alone (no
     batch statistics, no random masks): the exact NTK is then computed sample by sample.
+    The returned :class:`Net` has no ``init`` and no taps: the NTK offers the ``jacobian`` and
+    ``per_sample`` implementations, and the metrics that need taps raise ``ValueError``.
+
+    Examples:
+      >>> import jax.numpy as jnp
+      >>> from jhnas.ntk import empirical_ntk_fn
+      >>> apply = lambda p, x: jnp.tanh(x @ p[0]) @ p[1]   # stax-style tuple parameters
+      >>> params = (jnp.full((5, 8), 0.1), jnp.full((8, 3), 0.2))
+      >>> net = from_apply(apply, batch_coupled=False)
+      >>> ntk = empirical_ntk_fn(net, implementation="per_sample", params="all")
+      >>> ntk(params, jnp.ones((4, 5)), jnp.array([0, 1, 2, 0])).shape
+      (4, 4)
     """
     return Net(apply=apply, apply_nobn=apply, coupled=lambda params, x: batch_coupled)
 
@@ -353,6 +376,26 @@ def from_flax(module: nn.Module, *, bn: str = "train", state: Mapping[str, Any] 
       batch_coupled: whether a sample's logits depend on the rest of the batch. ``None``
         (default): yes if an ``nn.BatchNorm`` runs in train mode or ``rngs`` are given. Pass
         ``True`` for a module that mixes samples in its own code (e.g. ``x - x.mean(0)``).
+
+    Returns:
+      A :class:`Net` with every function; ``init`` returns the ``"params"`` collection only.
+
+    Raises:
+      ValueError: ``bn`` is not one of :data:`BN_MODES`; later, from ``tapped``, a tapped layer
+        applied more than once in one forward pass.
+
+    Examples:
+      >>> import flax.linen as nn, jax, jax.numpy as jnp
+      >>> module = nn.Sequential([nn.Dense(8), nn.BatchNorm(use_running_average=False),
+      ...                         nn.relu, nn.Dense(3)])
+      >>> net = from_flax(module, bn="train")
+      >>> x = jnp.linspace(-1.0, 1.0, 20).reshape(4, 5)
+      >>> params = net.init(jax.random.key(0), x)
+      >>> net.apply(params, x).shape, net.coupled(params, x)   # train-mode BN couples samples
+      ((4, 3), True)
+      >>> specs, dy0 = net.layers(params, x)                    # the tapped layers
+      >>> sorted("/".join(path) for path in specs)
+      ['layers_0', 'layers_3']
     """
     if bn not in BN_MODES:
         raise ValueError(f"bn must be one of {BN_MODES}, got {bn!r}")
@@ -557,10 +600,22 @@ def block_init(blocks: Sequence[Block]) -> Callable[[jax.Array, jax.Array], Para
     (``flax.core.scope.LazyRng``), so a parameter depends only on the root key, its path and its
     initialiser. Here the paths come from each block's cached ``jax.eval_shape``, the keys are
     derived the same way (all in one call), and nothing else runs: no forward pass and none of
-    the Python cost of Flax's module machinery, which dominates an NB201 init on CPU
-    (``jax.eval_shape`` of the module's init costs as much as running it). Supports blocks made
-    of ``nn.Conv``, ``nn.Dense`` and ``nn.BatchNorm`` (others raise ``NotImplementedError`` on
-    the first call).
+    the Python cost of Flax's module machinery. Supports blocks made of ``nn.Conv``,
+    ``nn.Dense`` and ``nn.BatchNorm`` (others raise ``NotImplementedError`` on the first call).
+    Works eagerly and under ``jit`` / ``vmap``.
+
+    Examples:
+      >>> import flax.linen as nn, jax, jax.numpy as jnp
+      >>> module = nn.Sequential([nn.Dense(8), nn.Dense(3)])   # submodules layers_0, layers_1
+      >>> blocks = [Block(nn.Dense(8), ("layers_0",), 0, 1),
+      ...           Block(nn.Dense(3), ("layers_1",), 1, 2)]
+      >>> x = jnp.ones((2, 5))
+      >>> params = block_init(blocks)(jax.random.key(0), x)
+      >>> jax.tree.map(jnp.shape, params)["layers_0"]
+      {'bias': (8,), 'kernel': (5, 8)}
+      >>> same = jax.tree.map(jnp.array_equal, params, module.init(jax.random.key(0), x)["params"])
+      >>> all(jax.tree.leaves(same))
+      True
     """
     blocks = tuple(blocks)
 
@@ -613,6 +668,24 @@ def from_blocks(blocks: Sequence[Block],
         equals the ``init`` of the monolithic module whose parameter paths the blocks' scopes
         reproduce.
       bn: the BatchNorm mode of every block (see :func:`from_flax`).
+
+    Returns:
+      A :class:`Net` with ``compiled=True`` and every function of :func:`from_flax`'s.
+
+    Raises:
+      ValueError: ``bn`` is not one of :data:`BN_MODES`.
+
+    Examples:
+      Node 2 is ``mix(h) + h`` (an identity block adds its input), ``h = hidden(x)``:
+
+      >>> import flax.linen as nn, jax, jax.numpy as jnp
+      >>> blocks = [Block(nn.Dense(8), ("hidden",), 0, 1), Block(None, (), 1, 2),
+      ...           Block(nn.Dense(8), ("mix",), 1, 2), Block(nn.Dense(3), ("out",), 2, 3)]
+      >>> net = from_blocks(blocks)
+      >>> x = jnp.ones((2, 5))
+      >>> params = net.init(jax.random.key(0), x)
+      >>> sorted(params), net.apply(params, x).shape
+      (['hidden', 'mix', 'out'], (2, 3))
     """
     if bn not in BN_MODES:
         raise ValueError(f"bn must be one of {BN_MODES}, got {bn!r}")

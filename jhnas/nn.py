@@ -6,10 +6,12 @@
 * ``relu(module, x)``: a ReLU that records its input in the ``"relu_inputs"`` collection; NASWOT
   reads the activation codes from there.
 * ``chunked_conv``: ``lax.conv_general_dilated`` whose weight gradient is summed over chunks of
-  the batch (the convolution of ``Conv``; faster on XLA:CPU, same values).
+  the batch (the convolution of ``Conv``; same values).
 * ``avg_pool_3x3``: PyTorch's ``AvgPool2d(3, stride, 1, count_include_pad=False)`` as shifted
-  slices (XLA:CPU runs ``reduce_window`` and its transpose about 10x slower); ``avg_pool_2x2``:
-  ``AvgPool2d(2, 2)`` as a reshaped mean.
+  slices instead of ``reduce_window``; ``avg_pool_2x2``: ``AvgPool2d(2, 2)`` as a reshaped mean.
+
+Why these forms (XLA:CPU's convolution gradient and ``reduce_window``), with the benchmarks that
+measured them, is in the design notes of the documentation.
 
 They are plain subclasses of ``nn.Conv`` / ``nn.Dense``, so :func:`jhnas.net.from_flax` taps them
 like any other Flax layer.
@@ -60,8 +62,8 @@ def _uniform(key: jax.Array, shape: Sequence[int], dtype: Any, minval: float, ma
              scale: Any = 1) -> jax.Array:
     """``jax.random.uniform(key, shape, dtype, minval, maxval) * scale``, the same values.
 
-    Run eagerly, ``jax.random.uniform`` compiles one program per shape, about 0.5 s each on CPU:
-    most of a network's first initialisation (:func:`jhnas.net.block_init`). Here an eager draw
+    Run eagerly, ``jax.random.uniform`` compiles one program per shape: most of a network's first
+    initialisation (:func:`jhnas.net.block_init`). Here an eager draw
     is the first ``prod(shape)`` values of a flat draw of size 4096 * 4**k, sliced, reshaped and
     scaled in NumPy (the same float32 product), so a whole search space compiles a few random
     programs. Under a trace, or where the prefix property fails (:func:`_prefix_stable`), it is
@@ -87,7 +89,14 @@ def torch_kernel_init(key: jax.Array, shape: Sequence[int], dtype: Any = jnp.flo
                       ) -> jax.Array:
     """PyTorch's ``kaiming_uniform_(w, a=sqrt(5))``: U(-1/sqrt(fan_in), 1/sqrt(fan_in)), fan_in
     the product of all but the last (output) axis; the values of
-    ``nn.initializers.variance_scaling(1/3, "fan_in", "uniform")``."""
+    ``nn.initializers.variance_scaling(1/3, "fan_in", "uniform")``.
+
+    Examples:
+      >>> import jax, numpy as np
+      >>> w = torch_kernel_init(jax.random.key(0), (3, 3, 16, 8))   # fan_in 144: bound 1/12
+      >>> w.shape, w.dtype, bool(np.abs(w).max() <= 1 / 12)
+      ((3, 3, 16, 8), dtype('float32'), True)
+    """
     variance = np.asarray(1.0 / 3.0 / math.prod(shape[:-1]), dtype=dtype)
     return _uniform(key, shape, dtype, -1.0, 1.0, scale=np.sqrt(np.asarray(3, dtype) * variance))
 
@@ -115,14 +124,25 @@ def chunked_conv(lhs: jax.Array, rhs: jax.Array, window_strides: Sequence[int], 
                  ) -> jax.Array:
     r"""``lax.conv_general_dilated`` (same arguments) with the weight gradient computed in chunks.
 
-    The reverse-mode weight gradient of a convolution is :math:`\sum_n x_n \star dy_n`; XLA:CPU
-    computes it for the whole batch at once, about 7 times slower than the forward convolution
-    on NB201's first stage (bench/results/xla_conv_grad.md). Here the JVP w.r.t. the kernel is
-    written as the concatenation of the convolutions of ``chunk``-sample slices of the batch, so
-    its transpose (the weight gradient) is a sum of small convolutions; forward, input gradient,
-    ``jvp`` and higher derivatives are unchanged, and the values equal ``lax``'s up to the
-    summation order. ``chunk=None``: :data:`CONV_CHUNK`, or no chunks for inputs of at most
-    :data:`UNCHUNKED_POSITIONS` positions per sample.
+    The reverse-mode weight gradient of a convolution is :math:`\sum_n x_n \star dy_n`, which
+    XLA:CPU computes for the whole batch at once. Here the JVP w.r.t. the kernel is written as the
+    concatenation of the convolutions of ``chunk``-sample slices of the batch, so its transpose
+    (the weight gradient) is a sum of small convolutions; forward, input gradient, ``jvp`` and
+    higher derivatives are unchanged, and the values equal ``lax``'s up to the summation order.
+    ``chunk=None``: :data:`CONV_CHUNK`, or no chunks for inputs of at most
+    :data:`UNCHUNKED_POSITIONS` positions per sample. Without a batch axis first in the input and
+    output, or with at most ``chunk`` samples, it is ``lax.conv_general_dilated`` itself.
+
+    Examples:
+      >>> import jax, jax.numpy as jnp
+      >>> x = jax.random.normal(jax.random.key(0), (4, 3, 3, 2))
+      >>> w = jax.random.normal(jax.random.key(1), (3, 3, 2, 4))
+      >>> dn = ("NHWC", "HWIO", "NHWC")
+      >>> grad = lambda f, **kw: jax.grad(
+      ...     lambda w: f(x, w, (1, 1), "SAME", dimension_numbers=dn, **kw).sum())(w)
+      >>> g = grad(chunked_conv, chunk=2)   # the weight gradient as 2 chunks of 2 samples
+      >>> bool(jnp.allclose(g, grad(jax.lax.conv_general_dilated), rtol=1e-4, atol=1e-4))
+      True
     """
     conv = functools.partial(lax.conv_general_dilated, window_strides=window_strides,
                              padding=padding, dimension_numbers=dimension_numbers, **kwargs)
@@ -157,7 +177,18 @@ def Conv(in_features: int, features: int, kernel_size: int | Sequence[int], *,
          use_bias: bool = False, groups: int = 1, dilation: int | Sequence[int] = 1,
          name: str | None = None) -> nn.Conv:
     """``nn.Conv`` (NHWC) with PyTorch's default initialisation, PyTorch-style integer padding and
-    :func:`chunked_conv`."""
+    :func:`chunked_conv`.
+
+    Arguments as ``torch.nn.Conv2d``'s (``padding`` an int, or Flax's per-axis ``(low, high)``
+    pairs); ``in_features`` sets the bias bound 1/sqrt(fan_in). Returns a plain ``nn.Conv``.
+
+    Examples:
+      >>> import jax, jax.numpy as jnp
+      >>> conv = Conv(3, 8, 3, padding=1, use_bias=True)
+      >>> params = conv.init(jax.random.key(0), jnp.ones((1, 32, 32, 3)))["params"]
+      >>> params["kernel"].shape, params["bias"].shape
+      ((3, 3, 3, 8), (8,))
+    """
     ks = (kernel_size, kernel_size) if isinstance(kernel_size, int) else tuple(kernel_size)
     fan_in = (in_features // groups) * math.prod(ks)
     pad = [(padding, padding)] * 2 if isinstance(padding, int) else padding
@@ -169,7 +200,8 @@ def Conv(in_features: int, features: int, kernel_size: int | Sequence[int], *,
 
 def Dense(in_features: int, features: int, *, use_bias: bool = True, name: str | None = None
           ) -> nn.Dense:
-    """``nn.Dense`` with PyTorch's default ``nn.Linear`` initialisation."""
+    """``nn.Dense`` with PyTorch's default ``nn.Linear`` initialisation (kernel and bias
+    U(-1/sqrt(in_features), 1/sqrt(in_features))); returns a plain ``nn.Dense``."""
     return nn.Dense(features, use_bias=use_bias, kernel_init=torch_kernel_init,
                     bias_init=torch_bias_init(in_features), name=name)
 
@@ -178,6 +210,18 @@ def relu(module: nn.Module, x: jax.Array) -> jax.Array:
     """ReLU applied inside ``module``; records ``x`` (the pre-activation) for NASWOT.
 
     Recording is free unless the ``"relu_inputs"`` collection is mutable in ``apply``.
+
+    Examples:
+      >>> import flax.linen as nn, jax.numpy as jnp
+      >>> class Net(nn.Module):
+      ...     @nn.compact
+      ...     def __call__(self, x):
+      ...         return relu(self, nn.Dense(2)(x))
+      >>> net = Net()
+      >>> variables = net.init(jax.random.key(0), jnp.ones((1, 3)))
+      >>> _, rec = net.apply(variables, jnp.ones((1, 3)), mutable=[RELU_INPUTS])
+      >>> rec[RELU_INPUTS]["relu_in"][0].shape
+      (1, 2)
     """
     module.sow(RELU_INPUTS, "relu_in", x)
     return jax.nn.relu(x)
@@ -189,6 +233,17 @@ def avg_pool_3x3(x: jax.Array, stride: int = 1) -> jax.Array:
     ``H' = (H - 1) // stride + 1``. The window sum is three shifted slices along H, then three
     along W; the divisor (9 inside, 6 on edges, 4 in corners) is a constant. Same values as
     ``flax.linen.avg_pool(..., count_include_pad=False)`` up to float rounding.
+
+    Examples:
+      >>> import jax.numpy as jnp
+      >>> x = jnp.arange(16.0).reshape(1, 4, 4, 1)
+      >>> avg_pool_3x3(x)[0, :, :, 0]
+      Array([[ 2.5,  3. ,  4. ,  4.5],
+             [ 4.5,  5. ,  6. ,  6.5],
+             [ 8.5,  9. , 10. , 10.5],
+             [10.5, 11. , 12. , 12.5]], dtype=float32)
+      >>> avg_pool_3x3(x, stride=2).shape
+      (1, 2, 2, 1)
     """
     h, w = x.shape[1:3]
     ho, wo = (h - 1) // stride + 1, (w - 1) // stride + 1
@@ -208,7 +263,13 @@ def avg_pool_2x2(x: jax.Array) -> jax.Array:
 
     The mean over the reshaped (N, H/2, 2, W/2, 2, C) array (a trailing odd row or column is
     dropped, as ``flax.linen.avg_pool`` does); its gradient is a broadcast, where
-    ``reduce_window``'s is a padded window sum, slower on XLA:CPU to compile and to run.
+    ``reduce_window``'s is a padded window sum.
+
+    Examples:
+      >>> import jax.numpy as jnp
+      >>> avg_pool_2x2(jnp.arange(16.0).reshape(1, 4, 4, 1))[0, :, :, 0]
+      Array([[ 2.5,  4.5],
+             [10.5, 12.5]], dtype=float32)
     """
     n, h, w, c = x.shape
     x = x[:, :h - h % 2, :w - w % 2]

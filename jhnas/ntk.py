@@ -106,7 +106,27 @@ def param_mask(params: Params, which: ParamChoice = "layers") -> Any:
     ``nn.DenseGeneral``, ``nn.ConvTranspose``, ...) and every ``bias`` beside one; not
     normalisation scales and shifts, embedding tables or other parameters. ``"kernels"``: the
     kernels only. ``"all"``: every leaf. A predicate or a boolean pytree selects what it says.
-    Raises ``ValueError`` for an unknown name or a mask of another shape.
+
+    Args:
+      params: a parameter pytree (e.g. Flax's ``"params"`` collection).
+      which: ``"layers"``, ``"kernels"``, ``"all"``, a predicate ``(path, leaf) -> bool`` or a
+        boolean pytree with the structure of ``params``.
+
+    Returns:
+      A pytree of Python bools with the structure of ``params``. It may select nothing (the
+      NTK functions then raise).
+
+    Raises:
+      ValueError: an unknown name, or a mask of another structure.
+
+    Examples:
+      >>> import numpy as np
+      >>> params = {"conv": {"kernel": np.ones((3, 3, 1, 2)), "bias": np.zeros(2)},
+      ...           "norm": {"scale": np.ones(2), "bias": np.zeros(2)}}
+      >>> param_mask(params)
+      {'conv': {'bias': True, 'kernel': True}, 'norm': {'bias': False, 'scale': False}}
+      >>> param_mask(params, lambda path, leaf: path[0] == "norm")["norm"]
+      {'bias': True, 'scale': True}
     """
     paths = leaf_paths(params)
     treedef = jax.tree.structure(params)
@@ -134,7 +154,20 @@ def param_mask(params: Params, which: ParamChoice = "layers") -> Any:
 
 
 def selected(params: Params, which: ParamChoice = "layers") -> list[str]:
-    """The paths (``"a/b/kernel"``) of the parameters that ``which`` selects, in leaf order."""
+    """The paths (``"a/b/kernel"``) of the parameters that ``which`` selects, in leaf order.
+
+    ``which`` as for :func:`param_mask` (which raises ``ValueError`` for a bad choice); an empty
+    list if it selects nothing.
+
+    Examples:
+      >>> import numpy as np
+      >>> params = {"dense": {"kernel": np.ones((4, 2)), "bias": np.zeros(2)},
+      ...           "embed": {"embedding": np.ones((10, 4))}}
+      >>> selected(params)
+      ['dense/bias', 'dense/kernel']
+      >>> selected(params, "kernels"), selected(params, "all")
+      (['dense/kernel'], ['dense/bias', 'dense/kernel', 'embed/embedding'])
+    """
     return ["/".join(map(str, p)) for p, keep in
             zip(leaf_paths(params), jax.tree.leaves(param_mask(params, which))) if keep]
 
@@ -505,13 +538,15 @@ def output_cotangents(logits: jax.Array, y: jax.Array | None, output: str) -> ja
 def ones_like(a: jax.Array) -> jax.Array:
     """Ones shaped like ``a`` (NaN where ``a`` is not finite), computed from ``a``.
 
-    A cotangent of constant ones lets XLA fold the output layer's bias gradients into a broadcast
-    constant, and XLA:CPU in jaxlib 0.10.2 to 0.12.0.1 miscompiles a ``dot`` whose right operand
-    is a broadcast scalar when a YNNPACK fusion takes it together with a reduction: the
-    jit-compiled NTK with ``output="sum"`` took that bias's Gram block ``ones @ ones.T`` as 1
-    instead of K. ``1 + 0 * a`` is the same ones but not a constant to XLA (IEEE ``0 * inf`` is
-    NaN, so ``0 * a`` is not folded for floats). ``bench/xla_ynn_bug.py`` is the minimal
-    reproduction.
+    ``1 + 0 * a``: the same ones as ``jnp.ones_like(a)``, but not a constant that XLA could fold
+    (IEEE ``0 * inf`` is NaN, so ``0 * a`` is not folded for floats). The NTK's ``output="sum"``
+    cotangent is built with it: folded constant ones met an XLA:CPU miscompilation in jaxlib
+    0.10.2 to 0.12.0.1 (the design notes of the documentation; ``bench/xla_ynn_bug.py``).
+
+    Examples:
+      >>> import jax.numpy as jnp
+      >>> ones_like(jnp.array([2.0, -3.0, jnp.inf]))
+      Array([ 1.,  1., nan], dtype=float32)
     """
     return 1 + 0 * lax.stop_gradient(a)
 
@@ -571,6 +606,12 @@ def empirical_ntk_fn(f: Net | Apply, *,
                      scan_offsets: bool = False) -> NTKFn:
     """Returns ``ntk(params, x, y=None) -> Theta`` (float32, (M, M)), jit-compiled.
 
+    ``Theta = J J^T``, ``J`` the Jacobian of the outputs chosen by ``output`` with respect to the
+    parameters chosen by ``params`` (module docstring). M = N for ``output="label"`` and
+    ``"sum"``, N * K for ``"all"`` (rows sample-major, ``i * K + k``). The returned function is
+    jit-compiled, except for a net of compiled blocks (:func:`jhnas.net.from_blocks`), whose
+    glue runs eagerly.
+
     Args:
       f: a :class:`jhnas.net.Net` or a plain ``apply(params, x) -> logits`` (N, K).
       implementation: see :class:`Implementation`.
@@ -586,8 +627,30 @@ def empirical_ntk_fn(f: Net | Apply, *,
         dependency, see the module docstring).
       nt_implementation: neural-tangents' algorithm, one of :data:`NT_IMPLEMENTATIONS`.
       scan_offsets: DECOMPOSITION only: loop over convolution kernel offsets with ``lax.scan``
-        (same values, about half the peak memory of a jit-compiled network, see
-        :func:`_layer_gram`).
+        (same values, lower peak memory of a jit-compiled network).
+
+    Returns:
+      ``ntk(params, x, y=None)``: ``x`` the batch (N, ...), ``y`` int labels (N,) in
+      ``0..K-1`` (needed by ``output="label"``); returns the symmetric Gram (M, M).
+
+    Raises:
+      ValueError: an unknown ``implementation``, ``output``, ``params`` or ``backend`` (here),
+        and, when ``ntk`` is called: a choice that selects no parameter, ``output="label"``
+        without labels, labels out of range, or a parameter the decomposition cannot take
+        (the message names it and suggests ``implementation="jacobian"``).
+
+    Examples:
+      >>> import jax, jax.numpy as jnp, flax.linen as nn
+      >>> from jhnas.net import from_flax
+      >>> net = from_flax(nn.Sequential([nn.Dense(8), nn.relu, nn.Dense(3)]))
+      >>> x, y = jnp.ones((4, 5)), jnp.array([0, 1, 2, 0])
+      >>> params = net.init(jax.random.key(0), x)
+      >>> empirical_ntk_fn(net, output="all")(params, x, y).shape   # N * K rows
+      (12, 12)
+      >>> label = empirical_ntk_fn(net)(params, x, y)               # decomposition, label logits
+      >>> exact = empirical_ntk_fn(net, implementation="jacobian")(params, x, y)
+      >>> bool(jnp.allclose(label, exact, rtol=1e-4, atol=1e-5))   # no batch coupling here
+      True
     """
     impl = Implementation(implementation)
     net = f if isinstance(f, Net) else from_apply(f)
@@ -662,19 +725,40 @@ def _checked(gram: ArrayLike) -> np.ndarray:
 
 
 def eigenvalues(gram: ArrayLike) -> np.ndarray:
-    """Eigenvalues of the Gram in float64, ascending."""
+    """Eigenvalues of the Gram in float64, ascending, (M,).
+
+    The Gram (M, M) is symmetrised, ``(G + G^T) / 2``, on the host. Raises ``ValueError`` if it
+    is not square and ``FloatingPointError`` if it has non-finite entries.
+
+    Examples:
+      >>> eigenvalues([[2.0, 1.0], [1.0, 2.0]])
+      array([1., 3.])
+    """
     return np.linalg.eigvalsh(_checked(gram))
 
 
 def trace_norm(gram: ArrayLike) -> float:
-    """The NASI/HNAS metric M = sqrt(tr(Theta) / M_rows)."""
+    """The NASI/HNAS metric M = sqrt(tr(Theta) / M_rows), in float64 on the host.
+
+    Raises ``ValueError`` for a Gram that is not square and ``FloatingPointError`` for one with
+    non-finite entries.
+
+    Examples:
+      >>> trace_norm([[3.0, 1.0], [1.0, 5.0]])   # sqrt(8 / 2)
+      2.0
+    """
     g = _checked(gram)
     return math.sqrt(max(np.trace(g), 0.0) / g.shape[0])
 
 
 def cond_floor(n: int) -> float:
     """Relative eigenvalue floor n * eps(float32): below it a float32 Gram's eigenvalues are
-    rounding noise. The condition number is therefore at most 1 / cond_floor(n)."""
+    rounding noise. The condition number is therefore at most 1 / cond_floor(n).
+
+    Examples:
+      >>> round(1 / cond_floor(64))   # the cap of the condition number at N = 64
+      131072
+    """
     return n * float(np.finfo(np.float32).eps)
 
 
@@ -684,6 +768,14 @@ def condition_number(gram: ArrayLike) -> float:
     Guarded, unlike the official code: a singular or indefinite (rounding) Gram gives the cap
     1/floor (1.3e5 for N = 64) instead of a negative or huge value, and an all-zero Gram (e.g. a
     network whose output ignores its parameters) also gives the cap. Always finite, >= 1.
+    Computed in float64 on the host; raises ``ValueError`` for a Gram that is not square and
+    ``FloatingPointError`` for one with non-finite entries.
+
+    Examples:
+      >>> condition_number([[4.0, 0.0], [0.0, 1.0]])
+      4.0
+      >>> condition_number([[1.0, 1.0], [1.0, 1.0]]) == 1 / cond_floor(2)   # singular: the cap
+      True
     """
     lam = eigenvalues(gram)
     floor = cond_floor(lam.shape[0])

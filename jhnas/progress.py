@@ -14,7 +14,15 @@ from tqdm.auto import tqdm
 
 
 class Lines:
-    """The part of tqdm's interface jhnas uses, printing one line per update."""
+    """The part of tqdm's interface jhnas uses, printing one line per update.
+
+    Examples:
+      >>> import sys
+      >>> for _ in Lines(range(2), desc="scoring", unit="arch", file=sys.stdout):
+      ...     pass
+      scoring: 1/2 arch [0 s]
+      scoring: 2/2 arch [0 s]
+    """
 
     def __init__(self, iterable: Iterable | None = None, *, total: int | None = None,
                  desc: str = "", unit: str = "it", initial: int = 0, file: Any = None, **_: Any):
@@ -50,7 +58,12 @@ class Lines:
 
 def bar(iterable: Iterable | None = None, *, enabled: bool = True, **kwargs: Any) -> Any:
     """A tqdm bar (``enabled`` and a terminal), :class:`Lines` (``enabled``, no terminal) or a
-    silent tqdm (not ``enabled``)."""
+    silent tqdm (not ``enabled``); ``kwargs`` are tqdm's (``total``, ``desc``, ``unit``, ...).
+
+    Examples:
+      >>> list(bar(range(3), enabled=False))
+      [0, 1, 2]
+    """
     if not enabled:
         return tqdm(iterable, disable=True, **kwargs)
     if sys.stderr.isatty():

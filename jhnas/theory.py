@@ -220,7 +220,16 @@ def bound(name: str, lhs: ArrayLike, rhs: ArrayLike, relation: str = "<=",
           scale: ArrayLike = 0.0) -> Bound:
     """A :class:`Bound` with its slacks computed (float64). ``scale`` floors the denominator of
     ``rel_slack``: identities pass the natural size of their terms, so that two rounding-level
-    values (e.g. a gradient that vanishes) are not compared relative to each other."""
+    values (e.g. a gradient that vanishes) are not compared relative to each other. Raises
+    ``ValueError`` for another ``relation``.
+
+    Examples:
+      >>> b = bound("upper", 1.0, 4.0)
+      >>> b.slack, b.rel_slack, holds(b)
+      (3.0, 0.75, True)
+      >>> holds(bound("identity", 1.0, 1.0 + 1e-12, "=="))
+      True
+    """
     if relation not in ("<=", "=="):
         raise ValueError(f"relation must be '<=' or '==', got {relation!r}")
     lhs, rhs = np.asarray(lhs, np.float64), np.asarray(rhs, np.float64)
@@ -339,7 +348,16 @@ class Spectrum(NamedTuple):
 
 
 def spectrum(gram: ArrayLike) -> Spectrum:
-    """Eigen-decomposition of a symmetric Gram (symmetrised ``(G + G^T) / 2``) in float64."""
+    """Eigen-decomposition of a symmetric Gram (symmetrised ``(G + G^T) / 2``) in float64.
+
+    Raises ``ValueError`` for a Gram that is not square and ``FloatingPointError`` for one with
+    non-finite entries.
+
+    Examples:
+      >>> sp = spectrum([[4.0, 0.0], [0.0, 1.0]])
+      >>> sp.eigenvalues, sp.trace, sp.M, sp.kappa
+      (array([1., 4.]), 5.0, 1.5811388300841898, 4.0)
+    """
     g = np.asarray(gram, np.float64)
     if g.ndim != 2 or g.shape[0] != g.shape[1]:
         raise ValueError(f"a Gram must be square, got shape {g.shape}")
@@ -525,7 +543,23 @@ def _loss_pass(f: Net | Apply, params: Params, batch: XY, param_set: str, loss: 
 def check_grad_norm(f: Net | Apply, params: Params, batch: XY, *, loss: Loss | None = None,
                     param_set: str = "kernels") -> GradNormCheck:
     """Statement (i) for GradNorm (module doc). ``loss(logits, y) -> scalar`` defaults to mean
-    cross-entropy; the cross-entropy rows are skipped (NaN) for another loss."""
+    cross-entropy; the cross-entropy rows are skipped (NaN) for another loss.
+
+    ``f`` is a :class:`jhnas.net.Net` or a plain ``apply(params, x)``, ``batch`` a pair
+    ``(x (n, ...), y (n,))`` of inputs and int labels; run it in float64 (inside
+    ``jax.enable_x64(True)``, with :func:`as_float64` parameters and inputs).
+
+    Examples:
+      >>> import flax.linen as nn, jax, jax.numpy as jnp
+      >>> from jhnas.net import from_flax
+      >>> with jax.enable_x64(True):
+      ...     net = from_flax(nn.Sequential([nn.Dense(6), nn.tanh, nn.Dense(3)]))
+      ...     x = jnp.linspace(-1.0, 1.0, 20, dtype=jnp.float64).reshape(4, 5)
+      ...     params = as_float64(net.init(jax.random.key(0), x))
+      ...     check = check_grad_norm(net, params, (x, jnp.array([0, 1, 2, 0])))
+      >>> holds(check), [b.name for b in bounds(check)][:4]
+      (True, ['identity', 'lower', 'upper', 'trace'])
+    """
     r, n, sp = _loss_pass(f, params, batch, param_set, loss)
     u, g = _host(r["u"]), r["g"]
     gn, nu = _norm(g), float(np.linalg.norm(u))
@@ -835,7 +869,15 @@ class ObjectiveTerms(NamedTuple):
 def objective_terms(gram: ArrayLike, t: float, c: float, s: float = 5e3,
                     nu_scale: str = "linear") -> ObjectiveTerms:
     """:class:`ObjectiveTerms` of a Gram (the label NTK for HNAS's M and kappa);
-    :math:`\\sqrt\\nu = t s` (``"linear"``) or :math:`s^t` (``"log"``), see :mod:`jhnas.hnas`."""
+    :math:`\\sqrt\\nu = t s` (``"linear"``) or :math:`s^t` (``"log"``), see :mod:`jhnas.hnas`.
+    M and kappa are :func:`jhnas.ntk.trace_norm` and the guarded
+    :func:`jhnas.ntk.condition_number`; raises ``ValueError`` for another ``nu_scale``.
+
+    Examples:
+      >>> terms = objective_terms([[4.0, 0.0], [0.0, 4.0]], t=0.5, c=0.0, s=2.0)
+      >>> terms.M, terms.kappa, terms.nu, round(terms.objective, 6)   # |2^2 - 1| + 1 / (2 + 1e-6)
+      (2.0, 1.0, 1.0, 3.5)
+    """
     if nu_scale not in hnas.NU_SCALES:
         raise ValueError(f"nu_scale must be one of {hnas.NU_SCALES}, got {nu_scale!r}")
     m_val, kappa = ntk_lib.trace_norm(gram), ntk_lib.condition_number(gram)

@@ -41,6 +41,9 @@ class GenotypeError(ValueError):
 
 
 class Genotype(NamedTuple):
+    """A DARTS genotype: per cell type, two ``(op, input)`` pairs per intermediate node (8 pairs,
+    nodes 2..5 in order) and the nodes whose outputs are concatenated (module docstring)."""
+
     normal: tuple[tuple[str, int], ...]
     normal_concat: tuple[int, ...] = (2, 3, 4, 5)
     reduce: tuple[tuple[str, int], ...] = ()
@@ -48,7 +51,18 @@ class Genotype(NamedTuple):
 
 
 def validate(g: Genotype) -> Genotype:
-    """``g`` with tuples throughout; raises :class:`GenotypeError` naming the problem."""
+    """``g`` with tuples throughout; raises :class:`GenotypeError` naming the problem (a cell
+    without 8 pairs, an unknown op, an input that is not an earlier node, a bad concat list).
+
+    Examples:
+      >>> pairs = [("sep_conv_3x3", 0), ("skip_connect", 1)] * 4
+      >>> validate(Genotype(pairs, [2, 3, 4, 5], pairs, [2, 3, 4, 5])).normal_concat
+      (2, 3, 4, 5)
+      >>> validate(Genotype(pairs[:2], reduce=pairs))
+      Traceback (most recent call last):
+      ...
+      jhnas.spaces.darts.GenotypeError: normal cell needs 8 (op, input) pairs (2 per node), got 2
+    """
     out = {}
     for cell in ("normal", "reduce"):
         pairs = tuple((str(op), int(j)) for op, j in getattr(g, cell))
@@ -71,7 +85,16 @@ def validate(g: Genotype) -> Genotype:
 
 
 def parse(text: str) -> Genotype:
-    """A genotype from its repr, e.g. ``"Genotype(normal=[('sep_conv_3x3', 0), ...], ...)"``."""
+    """A genotype from its repr, e.g. ``"Genotype(normal=[('sep_conv_3x3', 0), ...], ...)"``;
+    validated (:func:`validate`). Raises :class:`GenotypeError` for text that is not a
+    ``Genotype(...)`` call of literals, or an invalid genotype.
+
+    Examples:
+      >>> import jax
+      >>> g = sample(jax.random.key(0))
+      >>> parse(repr(g)) == g
+      True
+    """
     try:
         tree = ast.parse(text.strip(), mode="eval").body
         if not (isinstance(tree, ast.Call) and getattr(tree.func, "id", "") == "Genotype"):
@@ -86,7 +109,15 @@ def parse(text: str) -> Genotype:
 
 
 def sample(key: jax.Array, ops: Sequence[str] = PRIMITIVES[1:]) -> Genotype:
-    """A random genotype (see the module docstring); ``ops`` the primitives to draw from."""
+    """A random genotype (see the module docstring); ``ops`` the primitives to draw from.
+    Raises :class:`GenotypeError` for an unknown or empty ``ops``.
+
+    Examples:
+      >>> import jax
+      >>> g = sample(jax.random.key(0))
+      >>> len(g.normal), len(g.reduce), all(j < 2 + k // 2 for k, (_, j) in enumerate(g.normal))
+      (8, 8, True)
+    """
     bad = [o for o in ops if o not in PRIMITIVES]
     if bad or not ops:
         raise GenotypeError(f"unknown op(s) {bad} (ops are {', '.join(PRIMITIVES)})")
@@ -227,6 +258,13 @@ class NetworkCIFAR(nn.Module):
 
     ``drop_path_prob`` > 0 drops each non-identity op's output per sample while training, when
     ``apply`` is given a ``"drop_path"`` rng (``jhnas.train`` does); without one it is off.
+
+    Examples:
+      >>> import jax, jax.numpy as jnp
+      >>> net = NetworkCIFAR(sample(jax.random.key(0)), C=2, layers=1)   # one reduction cell
+      >>> shapes = jax.eval_shape(net.init, jax.random.key(1), jnp.ones((1, 32, 32, 3)))
+      >>> shapes["params"]["classifier"]["kernel"].shape   # 4 nodes x 2 C x 2 channels
+      (16, 10)
     """
     genotype: Genotype
     C: int = 16

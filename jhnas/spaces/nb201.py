@@ -64,6 +64,14 @@ def parse(arch: str) -> tuple[str, ...]:
     the string: wrong number of ``+`` blocks, missing ``|`` delimiters, an edge that is not
     ``op~j``, a source node that is not an integer, out of range, duplicated, missing or out of
     order, or an unknown op (the message lists the valid ones).
+
+    Examples:
+      >>> parse("|nor_conv_3x3~0|+|skip_connect~0|none~1|+|avg_pool_3x3~0|nor_conv_1x1~1|none~2|")
+      ('nor_conv_3x3', 'skip_connect', 'none', 'avg_pool_3x3', 'nor_conv_1x1', 'none')
+      >>> parse("|conv~0|+|none~0|none~1|+|none~0|none~1|none~2|")  # doctest: +ELLIPSIS
+      Traceback (most recent call last):
+      ...
+      jhnas.spaces.nb201.ArchError: ...: unknown op 'conv' in edge 'conv~0'; valid ops: ...
     """
     if not isinstance(arch, str):
         raise ArchError(f"an NB201 architecture must be a str, got {type(arch).__name__}: "
@@ -107,7 +115,13 @@ def parse(arch: str) -> tuple[str, ...]:
 
 
 def format_arch(ops: Sequence[str]) -> str:
-    """The string of six ops given in :data:`EDGES` order; ``parse(format_arch(ops)) == ops``."""
+    """The string of six ops given in :data:`EDGES` order; ``parse(format_arch(ops)) == ops``.
+    Raises :class:`ArchError` for a str, a sequence of another length or an unknown op.
+
+    Examples:
+      >>> format_arch(["nor_conv_3x3"] * 3 + ["none"] * 3)
+      '|nor_conv_3x3~0|+|nor_conv_3x3~0|nor_conv_3x3~1|+|none~0|none~1|none~2|'
+    """
     if isinstance(ops, str):
         raise ArchError(f"format_arch takes a sequence of {len(EDGES)} op names, got the str "
                         f"{ops!r} (use parse() to read a string)")
@@ -143,7 +157,14 @@ def _positions() -> dict[str, int]:
 
 
 def index_of(arch: str) -> int:
-    """The NB201 index of ``arch`` (any valid spelling); :class:`ArchError` if invalid."""
+    """The NB201 index of ``arch`` (any valid spelling); :class:`ArchError` if invalid.
+
+    Examples:
+      >>> arch = "|avg_pool_3x3~0|+|none~0|none~1|+|none~0|none~1|none~2|"
+      >>> i = index_of("  " + arch)   # surrounding whitespace is ignored
+      >>> arch_at(i) == arch, all_archs()[i] == arch
+      (True, True)
+    """
     key = format_arch(parse(arch))
     try:
         return _positions()[key]
@@ -152,7 +173,13 @@ def index_of(arch: str) -> int:
 
 
 def arch_at(index: int) -> str:
-    """The string of NB201 index ``index`` in ``0..15624`` (no negative indexing)."""
+    """The string of NB201 index ``index`` in ``0..15624`` (no negative indexing); ``TypeError``
+    for a non-integer, ``IndexError`` out of range.
+
+    Examples:
+      >>> parse(arch_at(0))[:3]
+      ('avg_pool_3x3', 'nor_conv_1x1', 'skip_connect')
+    """
     if isinstance(index, bool):
         raise TypeError(f"an NB201 index must be an integer, got {index!r}")
     try:
@@ -177,7 +204,13 @@ def _codes() -> tuple[np.ndarray, np.ndarray]:
 
 def neighbours(index: int) -> np.ndarray:
     """The 24 indices one edit away from ``index`` (one edge set to one of the 4 other ops),
-    sorted. Example: ``arch_at(i)`` and ``arch_at(neighbours(i)[0])`` differ on one edge."""
+    sorted, int64 (24,).
+
+    Examples:
+      >>> near = neighbours(0)
+      >>> near.shape, sum(a != b for a, b in zip(parse(arch_at(0)), parse(arch_at(near[0]))))
+      ((24,), 1)
+    """
     arch_at(index)  # validates the index
     ops, where = _codes()
     own = ops[index]
@@ -210,7 +243,15 @@ def sample_indices(key: jax.Array, n: int, replace: bool = False) -> np.ndarray:
 
 
 def sample(key: jax.Array, n: int, *, replace: bool = False) -> list[str]:
-    """``n`` architecture strings drawn uniformly (``jax.random.key(seed)`` for ``key``)."""
+    """``n`` architecture strings drawn uniformly (``jax.random.key(seed)`` for ``key``), without
+    replacement unless ``replace``; ``ValueError`` if that is impossible.
+
+    Examples:
+      >>> import jax
+      >>> archs = sample(jax.random.key(0), 3)
+      >>> len(archs), archs == sample(jax.random.key(0), 3)   # same key, same draw
+      (3, True)
+    """
     return [arch_at(i) for i in sample_indices(key, n, replace=replace)]
 
 
@@ -233,6 +274,14 @@ def canonical(arch: str) -> str:
     are kept and counted, and a skip inserts its source's whole sum as *one* term, sorted by its
     string. Dropping zero terms and flattening skipped sums gives 4,930 coarser classes; keeping
     skipped sums as nested multisets gives 6,900 finer ones.
+
+    Examples:
+      Two spellings of one cell (node 1 is a copy of node 0, so reading either is the same):
+
+      >>> a = "|skip_connect~0|+|nor_conv_3x3~0|none~1|+|none~0|none~1|nor_conv_1x1~2|"
+      >>> b = "|skip_connect~0|+|none~0|nor_conv_3x3~1|+|none~0|none~1|nor_conv_1x1~2|"
+      >>> canonical(a) == canonical(b), index_of(a) == index_of(b)
+      (True, False)
     """
     ops = parse(arch)
     expr = ["0"]
@@ -360,6 +409,11 @@ class NB201Net(nn.Module):
     Submodules: ``stem_conv``, ``stem_bn``, ``cell{s}_{k}`` (stage s = 1..3, k < N), ``reduce1``,
     ``reduce2``, ``head_bn``, ``classifier``. Raises :class:`ArchError` for a bad ``arch`` and
     ``ValueError`` for an unknown ``preset``.
+
+    Examples:
+      >>> net = NB201Net(arch_at(0), preset="nb201")
+      >>> count_params(param_shapes(net))   # every edge's parameters count, as in the benchmark
+      129306
     """
     arch: str
     num_classes: int = 10
@@ -469,8 +523,8 @@ def make_net(arch: str, *, bn: str = "train", compile: str = "blocks", num_class
     """The :class:`jhnas.net.Net` of an NB201 architecture.
 
     ``compile="blocks"`` (default) composes jit-compiled blocks (:func:`jhnas.net.from_blocks`):
-    after the first few architectures nothing is compiled any more, which makes scoring thousands
-    of architectures about 10x faster on CPU. ``compile="network"`` wraps the monolithic
+    after the first few architectures nothing is compiled any more, so scoring thousands of
+    architectures pays no compilation per architecture. ``compile="network"`` wraps the monolithic
     :class:`NB201Net` (one compilation per architecture, the fastest single evaluation). Both give
     the same parameters (``net.init``) and the same values up to float32 rounding.
     """
