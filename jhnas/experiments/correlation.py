@@ -1,7 +1,7 @@
 """How well a training-free metric ranks architectures: rank correlations and top-k hit rates.
 
 >>> import numpy as np
->>> from jhnas import correlation
+>>> from jhnas.experiments import correlation
 >>> acc = np.array([90.0, 80.0, 70.0, 60.0])
 >>> r = correlation.agreement(np.array([4.0, 3.0, 1.0, 2.0]), acc, quantiles=(0.25,))
 >>> round(r["spearman"], 2), r["top25%"]
