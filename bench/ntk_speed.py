@@ -33,9 +33,9 @@ from pathlib import Path
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax._src.dispatch import BACKEND_COMPILE_EVENT
 
 from jhnas import data, ntk, score
+from jhnas._compat import BACKEND_COMPILE_EVENT
 from jhnas.metrics import cross_entropy
 from jhnas.results import cpu_name, write_atomic
 from jhnas.spaces import nb201
