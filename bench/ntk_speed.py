@@ -33,10 +33,9 @@ from pathlib import Path
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax._src.dispatch import BACKEND_COMPILE_EVENT
 
 from jhnas import data, ntk
-
+from jhnas._compat import BACKEND_COMPILE_EVENT
 from jhnas.experiments import score
 from jhnas.metrics import cross_entropy
 from jhnas.experiments.results import cpu_name, write_atomic

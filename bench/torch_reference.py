@@ -95,7 +95,7 @@ def _load() -> dict:
 
 def _compile_events():
     import jax
-    from jax._src.dispatch import BACKEND_COMPILE_EVENT
+    from jhnas._compat import BACKEND_COMPILE_EVENT
     events: list[float] = []
 
     def listener(event, duration, **kw):

@@ -34,6 +34,10 @@ import types
 from typing import Any
 
 INSTALL = "pip install frozendict && pip install --no-deps neural-tangents==0.6.5"
+#: The neural-tangents release this adapter is written for (its internal functions are replaced).
+NT_VERSION = "0.6.5"
+#: The jax versions on which tests/test_nt_backend.py passed with this adapter.
+JAX_TESTED = ("0.10.2", "0.12.1")
 _LOADED = None
 
 
@@ -59,9 +63,20 @@ def load():
         return _LOADED
     if not available():
         raise ImportError(f"neural-tangents is not installed; install it with `{INSTALL}`")
-    with _import_shims():
-        nt = importlib.import_module("neural_tangents")
-    _adapt(nt)
+    if version() != NT_VERSION:
+        raise ImportError(f"jhnas adapts neural-tangents {NT_VERSION} to the current jax; "
+                          f"{version()} is installed: `{INSTALL}`")
+    import jax
+    try:
+        _check_internals()
+        with _import_shims():
+            nt = importlib.import_module("neural_tangents")
+        _adapt(nt)
+    except (ImportError, AttributeError, TypeError, KeyError) as e:
+        # the jax internals the adapter uses (jax._src, jax.interpreters.ad) moved
+        raise ImportError(
+            f"jhnas could not adapt neural-tangents {NT_VERSION} to jax {jax.__version__} "
+            f"(tested on jax {', '.join(JAX_TESTED)}): {type(e).__name__}: {e}") from e
     _LOADED = nt
     return nt
 
@@ -180,13 +195,18 @@ def _primals_out_and_pullback(emp, fn, mode, _j_rules, _s_rules, _fwd, *primals_
     ``jax.interpreters.ad.linearize`` (which takes a FlatTree of primals and returns which outputs
     have zero tangents instead of partial values)."""
     import jax
-    from jax._src.tree_util import FlatTree
     from jax.interpreters import ad
 
     leaves, in_tree = jax.tree.flatten(primals_in)
     with jax.disable_jit():
         out_ft, out_zero, jaxpr, consts, *_ = ad.linearize(
-            lambda *flat: fn(*jax.tree.unflatten(in_tree, flat)), FlatTree.flatten(tuple(leaves)))
+            lambda *flat: fn(*jax.tree.unflatten(in_tree, flat)), _flat_tree(tuple(leaves)))
+    if len(jaxpr.constvars) != len(consts):
+        # jax 0.12.1 returns the linear jaxpr with its consts bound by the leading invars (its
+        # Jaxpr and ClosedJaxpr are one class); attaching them makes those invars constvars, as
+        # jax 0.10.2 returns them and neural-tangents' backward pass reads them
+        import jax.extend.core as ext_core
+        jaxpr = ext_core.ClosedJaxpr(jaxpr, consts)
     primals_out = out_ft.unflatten()
 
     def pullback(*cts_in):
@@ -199,6 +219,33 @@ def _primals_out_and_pullback(emp, fn, mode, _j_rules, _s_rules, _fwd, *primals_
         return jax.tree.unflatten(in_tree, cts_out)
 
     return primals_out, pullback
+
+
+def _flat_tree(tree):
+    """jax's internal ``FlatTree`` of ``tree``, which ``ad.linearize`` takes: in
+    ``jax._src.flattree`` (jax 0.12.1), before that a static method of
+    ``jax._src.tree_util.FlatTree`` (jax 0.10.2)."""
+    try:
+        from jax._src import flattree  # pyright: ignore[reportAttributeAccessIssue]  (jax >= 0.12.1)
+    except ImportError:
+        from jax._src.tree_util import FlatTree
+        return FlatTree.flatten(tree)
+    return flattree.flatten(tree)
+
+
+def _check_internals() -> None:
+    """Looks up every jax internal the adapted functions use, so that a jax that moved one fails
+    in :func:`load` with its name rather than in the middle of a kernel computation."""
+    from jax._src import source_info_util
+    from jax._src.interpreters import ad as ad_src
+    from jax.interpreters import ad
+    for obj, name in ((ad, "linearize"), (ad, "get_primitive_transpose"),
+                      (ad, "UndefinedPrimal"), (ad_src, "fancy_transposes"),
+                      (ad_src, "primitive_transposes"), (ad_src, "ValAccum"),
+                      (source_info_util, "user_context"),
+                      (source_info_util, "current_name_stack")):
+        getattr(obj, name)
+    _flat_tree(())
 
 
 def _eqn_vjp_fn(eqn, cts_in, *invals):

@@ -27,8 +27,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import hashlib
-from typing import (Any, Callable, Collection, Iterable, Mapping, NamedTuple, Sequence, cast,
+from typing import (Any, Callable, Collection, Mapping, NamedTuple, Sequence, cast,
                     overload)
 
 import flax.linen as nn
@@ -36,10 +35,9 @@ import jax
 import jax.core
 import jax.extend.core as jex
 import numpy as np
-from flax import config as flax_config
 from flax import traverse_util
-from flax.linen.linear import canonicalize_padding
 
+from jhnas._compat import canonicalize_padding, check_rng_path_hash, rng_path_hash
 from jhnas.nn import RELU_INPUTS
 
 Params = Any
@@ -266,14 +264,13 @@ def _interceptor(bn: str, tap: bool, specs: dict[Path, LayerSpec] | None) -> nn.
         if isinstance(mod, nn.BatchNorm):
             if bn == "none":
                 return args[0]
-            # BatchNorm refuses the flag both as attribute and argument: clear the attribute
-            # for the duration of this call (the module is a frozen dataclass).
-            saved = mod.use_running_average
-            object.__setattr__(mod, "use_running_average", None)
-            try:
-                return next_fun(args[0], **{**kwargs, "use_running_average": bn == "eval"})
-            finally:
-                object.__setattr__(mod, "use_running_average", saved)
+            kwargs = {**kwargs, "use_running_average": bn == "eval"}
+            if mod.use_running_average is None:
+                return next_fun(args[0], **kwargs)
+            # BatchNorm refuses the flag both as attribute and argument: call a copy without
+            # the attribute, bound to this module's scope (the same variables, the same name;
+            # the copy's call comes back through this interceptor and takes the branch above).
+            return mod.clone(parent=mod.scope, use_running_average=None)(args[0], **kwargs)
         if tap and isinstance(mod, TAPPED) and (spec := _spec(mod, args[0])) is not None:
             x = args[0]
             if specs is not None:
@@ -570,18 +567,6 @@ def _block_params(module: nn.Module, shape: tuple[int, ...], dtype: Any
     return out, specs
 
 
-def _path_hash(parts: Iterable[str | int]) -> int:
-    """The 32-bit number Flax folds into the root key for a parameter's module path and counter
-    (``flax.core.scope._fold_in_static``: the first 4 bytes of the SHA-1 of the parts)."""
-    m = hashlib.sha1()
-    for part in parts:
-        if flax_config.flax_fix_rng_separator:
-            m.update(b"\0")
-        m.update(part.encode() if isinstance(part, str)
-                 else part.to_bytes((part.bit_length() + 7) // 8, "big"))
-    return int.from_bytes(m.digest()[:4], "big")
-
-
 @jax.jit
 def _fold_in_all(key: jax.Array, data: jax.Array) -> jax.Array:
     return jax.vmap(jax.random.fold_in, (None, 0))(key, data)
@@ -597,7 +582,8 @@ def block_init(blocks: Sequence[Block]) -> Callable[[jax.Array, jax.Array], Para
     Flax module's ``init`` without tracing it.
 
     Flax draws each parameter with the key ``fold_in(key, hash(module path, counter))``
-    (``flax.core.scope.LazyRng``), so a parameter depends only on the root key, its path and its
+    (``flax.core.scope.LazyRng``; the copy of the hash is :func:`jhnas._compat.rng_path_hash`,
+    checked against the installed Flax on the first call), so a parameter depends only on the root key, its path and its
     initialiser. Here the paths come from each block's cached ``jax.eval_shape``, the keys are
     derived the same way (all in one call), and nothing else runs: no forward pass and none of
     the Python cost of Flax's module machinery. Supports blocks made of ``nn.Conv``,
@@ -620,6 +606,7 @@ def block_init(blocks: Sequence[Block]) -> Callable[[jax.Array, jax.Array], Para
     blocks = tuple(blocks)
 
     def init(key, x):
+        check_rng_path_hash()  # once per process: the copy of Flax's key derivation still holds
         params, shapes = [], {0: jax.ShapeDtypeStruct(x.shape, x.dtype)}
         for b in blocks:
             h = shapes[b.src]
@@ -630,7 +617,8 @@ def block_init(blocks: Sequence[Block]) -> Callable[[jax.Array, jax.Array], Para
             shapes.setdefault(b.dst, out)
             params += [(b.scope + path, counter, fn, leaf) for path, counter, fn, leaf in specs]
         data = np.zeros(-(-len(params) // KEY_BUCKET) * KEY_BUCKET, np.uint32)
-        data[:len(params)] = [_path_hash(path[:-1] + (counter,)) for path, counter, _, _ in params]
+        data[:len(params)] = [rng_path_hash(path[:-1] + (counter,))
+                              for path, counter, _, _ in params]
         keys = _fold_in_all(key, data)
         if isinstance(keys, jax.core.Tracer):  # under jit / vmap: slices of the traced keys
             rows, wrap = keys, lambda k: k

@@ -186,6 +186,7 @@ def test_nb201_problem_uses_the_shipped_tables():
         problems.nb201_problem("no_such_metric")
 
 
+@pytest.mark.smoke
 def test_cli_search_writes_results(tmp_path, capsys):
     out = tmp_path / "r.json"
     assert cli.main(["search", "--method", "random", "--budget", "5", "--seeds", "2",

@@ -337,6 +337,7 @@ def test_flax_and_plain_networks_agree(case):
     assert case["want"]["_relu_margin"] > 1e-5
 
 
+@pytest.mark.smoke
 @pytest.mark.parametrize("name", ALL)
 def test_metric_matches_oracle(case, name):
     got, want = case["got"][name], case["want"][name]

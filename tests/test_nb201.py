@@ -419,7 +419,7 @@ def test_block_init_equals_the_flax_init(preset, use_bn, arch):
 def test_blocks_compile_nothing_for_new_architectures(small_batch):
     """After a few architectures have compiled every block shape, scoring another compiles
     nothing: the number of compilations does not grow with the number of architectures."""
-    from jax._src.dispatch import BACKEND_COMPILE_EVENT
+    from jhnas._compat import BACKEND_COMPILE_EVENT
     from jhnas.metrics import metrics_fn
     compiles = []
 
@@ -518,12 +518,19 @@ def test_scorer_gives_the_tables_own_value_of_dead_edge_architectures():
     from jhnas.experiments import score
     table = nb201.metric_table()
     batch = data.default_batch(64)
+    # On the table's jax version the scorer reproduces it to the last bits. On another, float32
+    # rounding moves these values further than usual: a dead-edge convolution's BatchNorm has
+    # batch variance 0 and its bias's per-sample gradients are differences of near-equal terms
+    # scaled by 1/sqrt(eps). Measured for 13454 / 15600: jax 0.12.1 against the table's 0.10.2
+    # 3.2e-5 / 3.5e-4 (M) and 1.7e-4 / 4.1e-4 (kappa); float64 against either float32 up to 2.2e-3
+    # (M) and 1.2e-2 (kappa). The values asserted apart below differ by a factor of 28.
+    rel = 1e-6 if table.protocol.get("jax") == jax.__version__ else 3e-2
     for i in (13454, 15600):
         arch = nb201.arch_at(i)
         assert nb201.dead_edges(arch) and nb201.class_index()[i] != i
         got = score.score_arch(arch, ["ntk_trace", "ntk_cond"], batch)
         for name in got:
-            assert got[name] == pytest.approx(table.own[name][i], rel=1e-6), (i, name)
+            assert got[name] == pytest.approx(table.own[name][i], rel=rel), (i, name)
             assert table.per_architecture(name)[i] == table.own[name][i]
     assert table.own["ntk_trace"][13454] > 10 * table.values["ntk_trace"][13454]
 

@@ -65,7 +65,8 @@ def _oracle(apply, params, x, y, output, which):
 
 
 @pytest.mark.parametrize("model, output, which", [
-    (CNN(), "label", "layers"), (CNN(), "sum", "kernels"), (CNN(), "all", "layers"),
+    pytest.param(CNN(), "label", "layers", marks=pytest.mark.smoke),
+    (CNN(), "sum", "kernels"), (CNN(), "all", "layers"),
     (MLP(), "label", "kernels"), (MLP(), "sum", "layers"), (MLP(), "all", "kernels")],
     ids=["cnn-label-layers", "cnn-sum-kernels", "cnn-all-layers", "mlp-label-kernels",
          "mlp-sum-layers", "mlp-all-kernels"])
