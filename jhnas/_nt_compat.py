@@ -1,3 +1,5 @@
+# pyright: reportGeneralTypeIssues=false, reportPrivateImportUsage=false, reportAttributeAccessIssue=false
+# (jax internals that differ between the jax versions this adapter supports; checked by its tests)
 """Import neural-tangents 0.6.5 on the current jax (the optional ``backend="neural_tangents"``).
 
 neural-tangents 0.6.5 (the last release, 2023) was written for jax 0.4. On jax 0.10 its imports
@@ -226,7 +228,7 @@ def _flat_tree(tree):
     ``jax._src.flattree`` (jax 0.12.1), before that a static method of
     ``jax._src.tree_util.FlatTree`` (jax 0.10.2)."""
     try:
-        from jax._src import flattree  # pyright: ignore[reportAttributeAccessIssue]  (jax >= 0.12.1)
+        from jax._src import flattree
     except ImportError:
         from jax._src.tree_util import FlatTree
         return FlatTree.flatten(tree)
