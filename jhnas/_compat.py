@@ -23,6 +23,7 @@ import functools
 import hashlib
 
 import flax
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 from flax.linen.linear import canonicalize_padding  # noqa: F401  (not re-exported by flax.linen)
@@ -62,8 +63,6 @@ def rng_path_hash(parts) -> int:
 
 @functools.lru_cache(maxsize=None)
 def _check(sep: bool) -> None:
-    import flax.linen as nn
-
     class Leaf(nn.Module):
         @nn.compact
         def __call__(self):
