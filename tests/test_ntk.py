@@ -279,7 +279,8 @@ def test_nb201_batch64_gram_sum_is_the_squared_batch_gradient():
     """Issue 33: the jit-compiled decomposition with output="sum" was 7-38 % off on NB201 at
     batch 64 (XLA:CPU folded the classifier bias's constant rows into a broadcast and
     miscompiled their product, see ntk.ones_like). 1^T Theta 1 = ||dS/dtheta||^2 (float64)
-    for the whole network and the compiled blocks, each jitted and eager."""
+    for the whole network and the compiled blocks, each jitted and eager; for output="label"
+    (never miscompiled) the jitted network only."""
     from jhnas import data
     from jhnas.spaces import nb201
 
@@ -297,6 +298,8 @@ def test_nb201_batch64_gram_sum_is_the_squared_batch_gradient():
                  "blocks eager": ntk.empirical_ntk_fn(blocks, output=output),
                  "blocks jitted": jax.jit(ntk.empirical_ntk_fn(blocks, output=output))}
         for name, fn in grams.items():
+            if output == "label" and name != "network jitted":
+                continue
             got = float(np.asarray(fn(params, x, y), np.float64).sum())
             assert got == pytest.approx(want[output], rel=2e-3), (output, name)
 
@@ -329,7 +332,7 @@ def _random_cnns(count, seed=0):
                            int(rng.choice([6, 9])), id=f"cnn{i}")
 
 
-@pytest.mark.parametrize("model,n,size", list(_random_cnns(3, seed=4)) + [
+@pytest.mark.parametrize("model,n,size", list(_random_cnns(2, seed=4)) + [
     pytest.param(_RandomCNN(((8, 3, 1, 1), (8, 3, 2, 1)), 10), 64, 12, id="head10-batch64")])
 def test_decompositions_jitted_eager_and_jacobian_agree_on_random_cnns(model, n, size):
     """A property test (issue 33): on BN-free CNNs with random kernel sizes, strides, groups and
